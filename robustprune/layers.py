@@ -502,7 +502,7 @@ def _fold_normalize_into(
                 MeanPad(mean, padding) if any(int(p) > 0 for p in padding) else nn.Identity()
             )
             layer.padding = (0, 0)
-        elif isinstance(layer, nn.Linear):
+        elif isinstance(layer, (nn.Linear, LowRankLinear)):
             fan_in = layer.in_features
             channels = mean.numel()
             if fan_in % channels:
@@ -513,17 +513,20 @@ def _fold_normalize_into(
             per = fan_in // channels
             mean_f = mean.repeat_interleave(per)
             std_f = std.repeat_interleave(per)
-            layer.weight.div_(std_f.view(1, -1))
+            # W = B @ A for a LowRankLinear: scaling the columns of A scales those of W
+            scaled = layer.a if isinstance(layer, LowRankLinear) else layer
+            scaled.weight.div_(std_f.view(1, -1))
             delta = layer.weight @ mean_f
             replacement = nn.Identity()
         else:
             raise ModelNotSupportedError(
                 f"Cannot fold normalization into a {type(layer).__name__}."
             )
-        if layer.bias is None:
-            layer.bias = nn.Parameter(-delta)
+        biased = layer.b if isinstance(layer, LowRankLinear) else layer
+        if biased.bias is None:
+            biased.bias = nn.Parameter(-delta)
         else:
-            layer.bias.sub_(delta)
+            biased.bias.sub_(delta)
     parent, attr = get_submodule_parent(model, norm_name)
     setattr(parent, attr, replacement)
 

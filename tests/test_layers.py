@@ -44,7 +44,8 @@ def test_prunable_layers_include_depthwise_and_lowrank_as_one():
 
 
 @pytest.mark.parametrize("name,shape", [("cnn-small", (1, 8, 8)), ("vgg16-cifar", (3, 32, 32)),
-                                        ("fcn", (1, 8, 8)), ("resnet18-cifar", (3, 32, 32))])
+                                        ("fcn", (1, 8, 8)), ("lowrank-fcn", (1, 8, 8)),
+                                        ("resnet18-cifar", (3, 32, 32))])
 def test_folding_bn_and_normalization_preserves_outputs(name, shape):
     kw = {"resnet18-cifar": {"width": 8}, "vgg16-cifar": {"width_mult": 0.125}}.get(name, {})
     model = _randomize_bn(
