@@ -18,9 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/robustprune --version
-	$(BIN)/robustprune list models
-	$(BIN)/robustprune list datasets
+	$(BIN)/robustprune run recipes/digits-cnn.toml --threads 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
