@@ -96,7 +96,7 @@ METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "epsilon": ("eps", "target_macs", "match"),
     "fixed": ("ratio", "target_macs", "match"),
     "global": ("ratio", "target_macs", "match"),
-    "spectral": ("eps",),
+    "spectral": ("eps", "target_macs", "match"),
 }
 ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "standard")
 NORMS = ("Linf", "L2")
