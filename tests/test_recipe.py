@@ -163,7 +163,8 @@ def test_bad_value_error_names_the_key_the_file_and_what_is_allowed(
         (lambda t: t + "[checkpoint]\npath = \"x.pt\"\n", "not both"),
         (lambda t: t.replace("[data]\nname = \"digits\"\n", ""), "[data]"),
         (lambda t: t.replace("match = \"epsilon\"", "ratio = [0.5]\nmatch = \"epsilon\""), "exactly one"),
-        (lambda t: t.replace("method = \"fixed\"", "method = \"spectral\""), "does not take 'match'"),
+        (lambda t: t.replace("method = \"fixed\"", "method = \"spectral\"").replace(
+            "match = \"epsilon\"", "ratio = [0.5]"), "does not take 'ratio'"),
         (lambda t: t + "[[prune]]\nmethod = \"epsilon\"\neps = [0.3]\n", "distinct label"),
         (lambda t: t.replace("eps = [0.1, 0.2]", "eps = [0.1, 0.2]\nlabel = \"dense\""), "'dense'"),
         (lambda t: t.replace("[eval]", "[evaluation]"), "unknown key 'evaluation'"),
