@@ -13,6 +13,8 @@ report the same robust accuracy.
 
     python benchmarks/bench_eval.py             # full (writes benchmarks/results/eval.md)
     python benchmarks/bench_eval.py --quick     # a short run, printed only
+
+:func:`measure` returns the measured numbers (``benchmarks/run_speed.py`` calls it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +31,35 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from bench_train import summarize, timed, write_section  # noqa: E402
+from bench_train import digits_like, interleave, summarize, timed, write_section  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from robustprune.attacks import rebatch, robust_accuracy  # noqa: E402
-from robustprune.data import create_loaders  # noqa: E402
 from robustprune.models import create_model  # noqa: E402
 from robustprune.train import fit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = 1.05
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """A ``cnn-small`` trained on digits (or ``synthetic`` 8x8 data), then APGD-CE on ``n``
+    test images."""
+
+    n: int = 360
+    n_iter: int = 100
+    widths: tuple[int, ...] = (16, 32)
+    train_epochs: int = 4
+    n_train: int | None = None  # the first n training images; None: all 1437
+    eps: float = 0.05
+    batch_size: int = 128
+    dataset: str = "digits"  # or "synthetic" where scikit-learn (digits) is not installed
+
+
+FULL = EvalSettings()
+QUICK = EvalSettings(n=128, n_iter=30)
+TINY = EvalSettings(n=16, n_iter=5, widths=(4, 8), train_epochs=1, n_train=128)  # smoke tests only
 
 
 def direct_apgd(
@@ -57,57 +81,71 @@ def direct_apgd(
     return robust / x.shape[0]
 
 
-def run(quick: bool, repeats: int) -> dict[str, float | int | str]:
-    torch.set_num_threads(1)
-    loaders = create_loaders("digits", batch_size=64)
-    info = loaders.info
+def measure(
+    settings: EvalSettings = FULL,
+    repeats: int = 9,
+    device: torch.device | str = "cpu",
+    *,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, float | int | str]:
+    """Train the model briefly, then time :func:`direct_apgd` and ``robust_accuracy`` on the
+    same examples, alternating. Returns the median wall and CPU times of each
+    (``direct_wall``, ``direct_cpu``, ``adapter_wall``, ``adapter_cpu``), every run, the
+    robust accuracies seen (one value when both agree), the clean accuracy on the ``n``
+    examples (both sides attack only the clean-correct ones) and the settings."""
+    dev = torch.device(device)
+    ds = digits_like(settings.dataset)
+    info = ds.info
+    train = ds.train if settings.n_train is None else Subset(ds.train, range(settings.n_train))
+    loader = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = create_model("cnn-small", widths=(16, 32), mean=info.mean, std=info.std)
-    fit(model, loaders, 4, lr=0.05, progress=False, device="cpu")
+    model = create_model("cnn-small", widths=settings.widths, mean=info.mean, std=info.std)
+    fit(model, loader, settings.train_epochs, lr=0.05, amp="off", progress=False, device=dev)
     model.eval()
-    n = 128 if quick else 360
-    n_iter = 30 if quick else 100
-    eps, batch_size, seed = 0.05, 128, 0
-    x, y = next(iter(rebatch(loaders.test, n, n)))
-
-    def time_direct() -> tuple[float, float, float]:
-        rng = torch.get_rng_state()
-        accs: list[float] = []
-        wall, cpu = timed(lambda: accs.append(direct_apgd(model, x, y, eps, batch_size, n_iter, seed)))
-        torch.set_rng_state(rng)
-        return wall, cpu, accs[0]
-
-    def time_adapter() -> tuple[float, float, float]:
-        accs: list[float] = []
-        wall, cpu = timed(lambda: accs.append(robust_accuracy(
-            model, (x, y), eps=eps, attacks=("apgd-ce",), n_iter=n_iter, batch_size=batch_size,
-            seed=seed, device="cpu", progress=False).robust_accuracy))
-        return wall, cpu, accs[0]
-
-    time_direct(), time_adapter()  # warm-up
-    direct: list[tuple[float, float]] = []
-    adapter: list[tuple[float, float]] = []
+    test = DataLoader(ds.test, batch_size=128, shuffle=False)
+    x, y = next(iter(rebatch(test, settings.n, settings.n)))
+    x, y = x.to(dev), y.to(dev)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).double().mean())
+    eps, batch_size, seed, n_iter = settings.eps, settings.batch_size, 0, settings.n_iter
+    rng_devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
     accs: set[float] = set()
-    for i in range(repeats):  # alternate, swapping the order every round
-        order = (time_direct, time_adapter) if i % 2 == 0 else (time_adapter, time_direct)
-        for fn in order:
-            wall, cpu, acc = fn()
-            (direct if fn is time_direct else adapter).append((wall, cpu))
-            accs.add(round(acc, 10))
+
+    def time_direct() -> tuple[float, float]:
+        found: list[float] = []
+        with torch.random.fork_rng(devices=rng_devices):  # APGDAttack reseeds the global RNG
+            wall, cpu = timed(lambda: found.append(direct_apgd(model, x, y, eps, batch_size, n_iter, seed)), dev)
+        accs.add(round(found[0], 10))
+        return wall, cpu
+
+    def time_adapter() -> tuple[float, float]:
+        found: list[float] = []
+        wall, cpu = timed(lambda: found.append(robust_accuracy(
+            model, (x, y), eps=eps, attacks=("apgd-ce",), n_iter=n_iter, batch_size=batch_size,
+            seed=seed, device=dev, progress=False).robust_accuracy), dev)
+        accs.add(round(found[0], 10))
+        return wall, cpu
+
+    runs = interleave({"direct": time_direct, "adapter": time_adapter}, repeats, warmup=warmup, log=log)
     return {
-        "model": "cnn-small widths=(16, 32), trained 4 epochs on digits",
-        "n": n,
+        "model": f"cnn-small widths={settings.widths}, trained {settings.train_epochs} epoch(s) on "
+                 f"{len(train)} {settings.dataset} images",
+        "n": settings.n,
+        "clean": clean,
         "n_iter": n_iter,
         "eps": eps,
         "batch_size": batch_size,
         "repeats": repeats,
-        **summarize("direct", direct),
-        **summarize("adapter", adapter),
+        "device": str(dev),
+        **summarize("direct", runs["direct"]),
+        **summarize("adapter", runs["adapter"]),
         "robust": ", ".join(f"{a:.4f}" for a in sorted(accs)),
+        "runs": runs,
     }
 
 
-def to_markdown(r: dict[str, float | int | str], command: str) -> str:
+def to_markdown(r: dict, command: str) -> str:
     ratio_cpu = float(r["adapter_cpu"]) / float(r["direct_cpu"])
     ratio_wall = float(r["adapter_wall"]) / float(r["direct_wall"])
     verdict = "meets" if ratio_cpu <= TARGET else "misses"
@@ -116,7 +154,8 @@ def to_markdown(r: dict[str, float | int | str], command: str) -> str:
         "## Robust evaluation: adapter vs direct pyautoattack (CPU)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, 1 torch thread, torch {torch.__version__}  ",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+        f"thread(s), torch {torch.__version__}  ",
         f"Model: {r['model']}; {n} digits test images; APGD-CE, {r['n_iter']} iterations, "
         f"Linf eps={r['eps']}, batch {r['batch_size']}; median of {r['repeats']} alternating "
         "runs after one warm-up each.",
@@ -141,8 +180,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run; results are printed only")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per side (>= 5)")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     repeats = args.repeats or (5 if args.quick else 9)
-    result = run(args.quick, repeats)
+    result = measure(QUICK if args.quick else FULL, repeats, "cpu")
     command = "python benchmarks/bench_eval.py" + (" --quick" if args.quick else "")
     md = to_markdown(result, command)
     print(md)

@@ -11,6 +11,8 @@ sampled every millisecond in a fresh subprocess per side.
 
     .venv/bin/python benchmarks/bench_prune.py            # resnet50 + vit_base, median of 5
     .venv/bin/python benchmarks/bench_prune.py --quick    # resnet50 only, median of 3
+
+:func:`measure` returns one row per model (``benchmarks/run_speed.py`` calls it).
 """
 
 from __future__ import annotations
@@ -27,18 +29,40 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-import torch_pruning as tp
-from torch import nn
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import robustprune as rp
-from robustprune.models import create_model
-from robustprune.pruners import EpsilonPruner
+import torch  # noqa: E402
+import torch_pruning as tp  # noqa: E402
+from bench_train import interleave, timed  # noqa: E402
+from torch import nn  # noqa: E402
 
-MODELS = {"resnet50": "torchvision:resnet50", "vit_base": "timm:vit_base_patch16_224"}
+import robustprune as rp  # noqa: E402
+from robustprune.layers import classifier_head  # noqa: E402
+from robustprune.models import create_model  # noqa: E402
+from robustprune.pruners import EpsilonPruner  # noqa: E402
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A model to prune: registry name, its options and the example input shape."""
+
+    name: str
+    input_shape: tuple[int, ...] = (1, 3, 224, 224)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS = {
+    "resnet50": BenchModel("torchvision:resnet50"),
+    "vit_base": BenchModel("timm:vit_base_patch16_224"),
+    "tiny": BenchModel("resnet18-cifar", (1, 3, 32, 32), {"width": 4}),  # smoke tests only
+}
 TARGET_RATIO = 1.3
 
 
@@ -61,10 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     repeats = args.repeats or (3 if args.quick else 5)
     models = args.models or (["resnet50"] if args.quick else ["resnet50", "vit_base"])
-    rows = []
-    for key in models:
-        print(f"== {key}", file=sys.stderr)
-        rows.append(_bench_model(key, args.eps, repeats, args.threads))
+    rows = measure(models, eps=args.eps, repeats=repeats, memory=True, threads=args.threads,
+                   log=lambda m: print(m, file=sys.stderr))
     table = _markdown(rows, args, repeats)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,12 +95,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["ratio"] <= TARGET_RATIO for r in rows) else 1
 
 
+def measure(
+    models: Sequence[str] = ("resnet50", "vit_base"),
+    *,
+    eps: float = 0.5,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    memory: bool = False,
+    threads: int = 1,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Time ``rp.prune`` and ``BasePruner`` on each model of :data:`MODELS`, alternating,
+    each run on a fresh copy of the dense model (copying is not timed), after ``warmup``
+    rounds. Returns one row per model: median seconds ``ours`` and ``tp``, their ``ratio``,
+    every run, the parameter counts (checked equal on both sides) and, with ``memory=True``,
+    the peak RSS growth of each side in a fresh CPU subprocess."""
+    rows = []
+    for key in models:
+        if log is not None:
+            log(f"== {key}")
+        rows.append(_bench_model(key, eps, repeats, threads, torch.device(device), memory, warmup, log))
+    return rows
+
+
 # --------------------------------------------------------------------------- the two sides
 
 
-def _setup(key: str, eps: float) -> tuple[nn.Module, torch.Tensor, dict[str, float]]:
-    model = create_model(MODELS[key]).eval()
-    x = torch.rand(1, 3, 224, 224)
+def _setup(key: str, eps: float, device: torch.device | str = "cpu") -> tuple[nn.Module, torch.Tensor, dict[str, float]]:
+    spec = MODELS[key]
+    model = create_model(spec.name, **spec.kwargs).eval().to(device)
+    x = torch.rand(spec.input_shape).to(device)
     plan = EpsilonPruner(eps=eps).plan(model, x)
     # BasePruner keeps floor(n * (1 - ratio)) units: aim half a unit above k for exact widths
     ratios = {g.layers[0]: 1 - (g.kept + 0.5) / g.total for g in plan.groups if g.kept < g.total}
@@ -92,14 +139,13 @@ def _ours(model: nn.Module, x: torch.Tensor, eps: float) -> Callable[[], None]:
 def _torch_pruning(model: nn.Module, x: torch.Tensor, ratios: dict[str, float]) -> Callable[[], None]:
     def run() -> None:
         attention = [m for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")]
-        head = model.get_classifier() if hasattr(model, "get_classifier") else model.fc
         pruner = tp.pruner.BasePruner(
             model,
             x,
             importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer=None),
             pruning_ratio=0.0,
             pruning_ratio_dict={model.get_submodule(n): r for n, r in ratios.items()},
-            ignored_layers=[head],
+            ignored_layers=[classifier_head(model)],
             num_heads={m.qkv: m.num_heads for m in attention},
             in_channel_groups={},
             out_channel_groups={},
@@ -113,37 +159,41 @@ def _torch_pruning(model: nn.Module, x: torch.Tensor, ratios: dict[str, float]) 
     return run
 
 
-def _bench_model(key: str, eps: float, repeats: int, threads: int) -> dict:
-    dense, x, ratios = _setup(key, eps)
-    times: dict[str, list[float]] = {"ours": [], "tp": []}
-    params: dict[str, int] = {}
-    for i in range(repeats + 1):  # the first round warms up caches and is not counted
-        order = ["ours", "tp"] if i % 2 == 0 else ["tp", "ours"]
-        for side in order:
+def _bench_model(
+    key: str, eps: float, repeats: int, threads: int, device: torch.device, memory: bool,
+    warmup: int, log: Callable[[str], None] | None,
+) -> dict:
+    dense, x, ratios = _setup(key, eps, device)
+    pruned: dict[str, nn.Module] = {}
+
+    def side(name: str) -> Callable[[], float]:
+        def run() -> float:
             model = copy.deepcopy(dense)
-            run = _ours(model, x, eps) if side == "ours" else _torch_pruning(model, x, ratios)
+            fn = _ours(model, x, eps) if name == "ours" else _torch_pruning(model, x, ratios)
             gc.collect()
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
-            if i > 0:
-                times[side].append(elapsed)
-            params[side] = sum(p.numel() for p in model.parameters())
-            with torch.no_grad():
-                assert model.eval()(x).shape == (1, 10)
-            print(f"  {side:4s} run {i}: {elapsed:.3f}s", file=sys.stderr)
+            elapsed = timed(fn, device)[0]
+            pruned[name] = model
+            return elapsed
+
+        return run
+
+    times = interleave({"ours": side("ours"), "tp": side("tp")}, repeats, warmup=warmup, log=log)
+    params = {name: sum(p.numel() for p in model.parameters()) for name, model in pruned.items()}
+    for model in pruned.values():
+        with torch.no_grad():
+            assert model.eval()(x).shape == (1, 10)
     if params["ours"] != params["tp"]:
         raise SystemExit(f"{key}: the two sides pruned to different widths ({params}); not comparable")
-    memory = {side: _memory_in_subprocess(side, key, eps, threads) for side in ("ours", "tp")}
+    mem = {side: _memory_in_subprocess(side, key, eps, threads) for side in ("ours", "tp")} if memory else {}
     ours, theirs = statistics.median(times["ours"]), statistics.median(times["tp"])
     return {
-        "model": MODELS[key],
+        "model": MODELS[key].name,
         "groups_pruned": len(ratios),
         "params": (sum(p.numel() for p in dense.parameters()), params["ours"]),
         "ours": ours,
         "tp": theirs,
         "ratio": ours / theirs,
-        "mem": memory,
+        "mem": mem,
         "times": times,
     }
 
@@ -200,7 +250,8 @@ def _markdown(rows: list[dict], args: argparse.Namespace, repeats: int) -> str:
         f"Command: `{cmd}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
         f"torch {torch.__version__} with {args.threads} intra-op thread(s), torch-pruning 1.6.1; "
-        f"random weights, input 1x3x224x224, ε = {args.eps}; median of {repeats} alternating runs.",
+        f"random weights, input 1x3x224x224, ε = {args.eps}; median of {repeats} alternating runs "
+        "after one warm-up round.",
         "",
         "| model | groups pruned | params before → after | `rp.prune` (s) | `BasePruner` (s) | ratio (target ≤ 1.3) "
         "| peak RSS `rp.prune` (MiB) | peak RSS `BasePruner` (MiB) |",

@@ -3,8 +3,9 @@
 ``resnet18-cifar`` (full width, 11M parameters), a fixed random batch of 128 CIFAR-sized
 images, SGD with momentum; a step is ``zero_grad, forward, cross-entropy (+ reg(model)),
 backward, optimizer.step``. Every configuration is warmed up once, then the configurations
-are timed round-robin (so that load from other processes hits all of them alike), ``--reps``
-steps each; the table gives the median step time and its ratio to the plain step.
+are timed round-robin, the order reversing every round (so that load from other processes
+hits all of them alike), ``--reps`` steps each; the table gives the median step time and its
+ratio to the plain step. :func:`measure` returns the rows (``benchmarks/run_speed.py`` calls it).
 Target (issue 3): every ratio at most 1.3x.
 
     python benchmarks/bench_regularizers.py            # full (writes benchmarks/results/regularizers.md)
@@ -18,14 +19,16 @@ import os
 import platform
 import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_train import interleave, timed  # noqa: E402
 
 from robustprune.models import create_model  # noqa: E402
 from robustprune.regularizers import (  # noqa: E402
@@ -51,41 +54,48 @@ def configs() -> dict[str, torch.nn.Module | None]:
     }
 
 
-def step(model, opt, reg, x, y, device: torch.device) -> float:  # noqa: ANN001
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
+def train_step(model, opt, reg, x, y) -> None:  # noqa: ANN001
+    """One SGD step: ``zero_grad, forward, cross-entropy (+ reg(model)), backward, step``."""
     opt.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
     if reg is not None:
         loss = loss + reg(model)
     loss.backward()
     opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
-def run(batch_size: int, reps: int, device: torch.device) -> list[dict[str, float | str]]:
+def measure(
+    batch_size: int = 128,
+    reps: int = 7,
+    device: torch.device | str = "cpu",
+    *,
+    width: int = 64,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, float | str]]:
+    """Median step time of every configuration of :func:`configs` on ``resnet18-cifar``
+    (``width`` scales it; 64 is the real one) and its ratio to the plain step. ``warmup``
+    rounds (also Alignment's first power iterations), then ``reps`` interleaved rounds whose
+    order reverses every round. Returns one row per configuration, ``"none"`` first."""
+    dev = torch.device(device)
     torch.manual_seed(0)
-    model = create_model("resnet18-cifar").to(device).train()
+    model = create_model("resnet18-cifar", width=width).to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, 3, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
-    regs = configs()
-    times: dict[str, list[float]] = {name: [] for name in regs}
-    for reg in regs.values():  # warm-up (and Alignment's first power iterations)
-        step(model, opt, reg, x, y, device)
-    for rep in range(reps):
-        for name, reg in regs.items():
-            times[name].append(step(model, opt, reg, x, y, device))
-        print(f"rep {rep + 1}/{reps}: " + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()), flush=True)
+    x = torch.rand(batch_size, 3, 32, 32, generator=g).to(dev)
+    y = torch.randint(0, 10, (batch_size,), generator=g).to(dev)
+    regs = configs()  # they keep their state on the device of the weights
+
+    def side(reg: torch.nn.Module | None) -> Callable[[], float]:
+        return lambda: timed(lambda: train_step(model, opt, reg, x, y), dev)[0]
+
+    times = interleave({name: side(reg) for name, reg in regs.items()}, reps, warmup=warmup, log=log)
     base = statistics.median(times["none"])
     rows = []
     for name, values in times.items():
         med = statistics.median(values)
-        rows.append({"regularizer": name, "median_s": med, "ratio": med / base, "min_s": min(values), "max_s": max(values)})
+        rows.append({"regularizer": name, "median_s": med, "ratio": med / base, "min_s": min(values),
+                     "max_s": max(values), "runs": values})
     return rows
 
 
@@ -123,7 +133,7 @@ def main() -> int:
     batch = args.batch_size or (32 if args.quick else 128)
     reps = args.reps or (3 if args.quick else 7)
     device = torch.device(args.device)
-    rows = run(batch, reps, device)
+    rows = measure(batch, reps, device, log=print)
     cpu = platform.processor() or platform.machine()
     env = (
         f"resnet18-cifar, batch {batch}, {reps} timed steps per configuration (median), device {device}, "

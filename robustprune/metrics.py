@@ -63,6 +63,8 @@ POWER_TOL = 1e-4
 #: ratio reported to 3-4 digits; each step costs a batch of forward and adjoint convolutions)
 ALIGNMENT_TOL = 1e-3
 _SEED = 0
+#: DGKS re-orthogonalization threshold (see :func:`_orthogonalize`)
+_DGKS = 1 / math.sqrt(2)
 
 
 # --------------------------------------------------------------------------- vectors
@@ -232,12 +234,17 @@ def compressibility(
 
 def _weight_matrix(layer: nn.Module | torch.Tensor, name: str | None = None) -> torch.Tensor:
     """The matricized weight, detached, float64, validated non-empty and finite."""
+    return _checked_weight(layer, name).to(torch.float64)
+
+
+def _checked_weight(layer: nn.Module | torch.Tensor, name: str | None = None) -> torch.Tensor:
+    """The matricized weight, detached, in its own dtype, validated non-empty and finite
+    (a value is finite in float64 iff it is finite in its own floating dtype)."""
     w = matricize(layer).detach()
     label = f"Layer '{name}'" if name else f"The {type(layer).__name__} weight"
     if w.numel() == 0:
         raise InvalidArgumentError(f"{label} is empty (shape {tuple(w.shape)}); nothing to measure.")
-    w = w.to(torch.float64)
-    if not torch.isfinite(w).all():
+    if w.is_floating_point() and not torch.isfinite(w).all():
         raise InvalidArgumentError(
             f"{label} has non-finite entries (NaN or inf); the model diverged or was loaded "
             "incorrectly. Fix the weights before measuring them."
@@ -340,17 +347,19 @@ def _power_iteration(
 
     A power iteration on ``A^T A`` from ``v``, accelerated by Lanczos: the iterates of the
     power iteration span a Krylov subspace, and the largest Ritz value of ``A^T A`` on it
-    (full reorthogonalization, float64 tridiagonal eigenproblem) is at least the plain power
-    iteration's estimate after the same number of steps and at most ``sigma_max^2``. Stops when
-    every relative Ritz residual ``||A^T A v - sigma^2 v|| / sigma^2`` is at most ``2 tol``,
-    so that ``sigma`` is within ``tol`` relative of a singular value (the top one: the start
-    is a generic random vector). Returns ``(sigma (float64), v)``."""
+    (full reorthogonalization, see :func:`_orthogonalize`; float64 tridiagonal eigenproblem)
+    is at least the plain power iteration's estimate after the same number of steps and at
+    most ``sigma_max^2``. Stops when every relative Ritz residual
+    ``||A^T A v - sigma^2 v|| / sigma^2`` is at most ``2 tol``, so that ``sigma`` is within
+    ``tol`` relative of a singular value (the top one: the start is a generic random vector).
+    Returns ``(sigma (float64), v)``."""
     n, shape = v.shape[0], v.shape
     q = v.reshape(n, -1)
     q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min(1e-30)
     basis = q.new_empty(n, min(max_iter, 32), q.shape[1])  # grows by doubling
-    alphas: list[torch.Tensor] = []
-    betas: list[torch.Tensor] = []
+    # the tridiagonal matrix T of the Lanczos recurrence, float64: diagonal and off-diagonal
+    alphas = torch.zeros(n, max_iter, dtype=torch.float64, device=q.device)
+    betas = torch.zeros(n, max_iter, dtype=torch.float64, device=q.device)
     q_prev, beta_prev = torch.zeros_like(q), q.new_zeros(n)
     theta = torch.zeros(n, dtype=torch.float64, device=q.device)
     ritz = torch.ones(n, 1, dtype=torch.float64, device=q.device)
@@ -364,20 +373,17 @@ def _power_iteration(
         w = adjoint(forward(q.view(shape))).reshape(n, -1)
         alpha = (w * q).sum(dim=1)
         w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
-        span = basis[:, : step + 1]
-        for _ in range(2):  # full reorthogonalization, twice is enough
-            w = w - torch.bmm(torch.bmm(span, w[:, :, None]).transpose(1, 2), span)[:, 0]
-        beta = torch.linalg.vector_norm(w, dim=1)
-        alphas.append(alpha.to(torch.float64))
-        betas.append(beta.to(torch.float64))
-        tri = torch.diag_embed(torch.stack(alphas, dim=1))
+        w, beta = _orthogonalize(w, basis[:, : step + 1])
+        alphas[:, step] = alpha
+        betas[:, step] = beta
+        tri = torch.diag_embed(alphas[:, : step + 1])
         if step:
-            off = torch.diag_embed(torch.stack(betas[:-1], dim=1), offset=1)
+            off = torch.diag_embed(betas[:, :step], offset=1)
             tri = tri + off + off.transpose(1, 2)
         values, vectors = torch.linalg.eigh(tri)
         theta, ritz = values[:, -1].clamp_min(0), vectors[:, :, -1]
         # |lambda - theta| <= beta |s_last|, and sigma's relative error is half lambda's
-        residual = betas[-1] * ritz[:, -1].abs() / theta.clamp_min(1e-300)
+        residual = betas[:, step] * ritz[:, -1].abs() / theta.clamp_min(1e-300)
         if bool((residual <= 2 * tol).all()):
             break
         exhausted = beta <= 1e-6 * theta.to(beta.dtype).clamp_min(1e-30)  # invariant subspace
@@ -394,6 +400,22 @@ def _power_iteration(
     vec = torch.bmm(ritz.to(q.dtype)[:, None, :], basis[:, : ritz.shape[1]])[:, 0]
     vec = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True).clamp_min(1e-30)
     return theta.sqrt(), vec.view(shape)
+
+
+def _orthogonalize(w: torch.Tensor, span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` minus its projection on the orthonormal rows of ``span`` (batched), and its norm.
+
+    Classical Gram-Schmidt with the DGKS criterion: a second pass ("twice is enough") only
+    where the first removed more than ``1 - 1/sqrt(2)`` of ``w``'s norm, the case in which one
+    pass can leave ``w`` measurably non-orthogonal. Each pass reads the whole basis twice, the
+    largest cost of a Lanczos step after the operator itself."""
+    before = torch.linalg.vector_norm(w, dim=1)
+    w = w - torch.bmm(torch.bmm(span, w[:, :, None]).transpose(1, 2), span)[:, 0]
+    after = torch.linalg.vector_norm(w, dim=1)
+    if bool((after < _DGKS * before).any()):
+        w = w - torch.bmm(torch.bmm(span, w[:, :, None]).transpose(1, 2), span)[:, 0]
+        after = torch.linalg.vector_norm(w, dim=1)
+    return w, after
 
 
 def _start_vector(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -459,7 +481,7 @@ def operator_norm(
         raise InvalidArgumentError(f"mode must be 'matricized' or 'operator', got {mode!r}.")
     if isinstance(layer, nn.Conv2d) and mode == "operator" and p == "2":
         shape = _sample_shape(layer, input_shape)
-        _weight_matrix(layer)  # validates finiteness with a clear message
+        _checked_weight(layer)  # validates finiteness with a clear message
         with torch.no_grad():
             x0 = _start_vector((1, *shape), layer.weight)
             fwd = _linear_part(layer)
@@ -537,7 +559,7 @@ def alignment(
     if max_samples < 1:
         raise InvalidArgumentError(f"max_samples must be >= 1, got {max_samples}.")
     for layer in (layer_a, layer_b):
-        _weight_matrix(layer)  # validates type, emptiness, finiteness
+        _checked_weight(layer)  # validates type, emptiness, finiteness
     ref = layer_a.weight if not isinstance(layer_a, LowRankLinear) else layer_a.a.weight
     x = _alignment_inputs(layer_a, mode, data, input_shape, max_samples, ref)
     user_through = through if through is not None else _default_through(layer_a, layer_b, mode)
