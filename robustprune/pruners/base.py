@@ -420,6 +420,24 @@ class Pruner(abc.ABC):
 
     # shared helpers -------------------------------------------------------------------
 
+    @staticmethod
+    def _finish(
+        model: nn.Module, plan: Plan, step: dict[str, Any], macs_after: int, params_after: int, start: float
+    ) -> PruningReport:
+        """Append ``step`` to ``model.robustprune_history`` (what ``save_pruned`` replays) and
+        build the report of an applied plan."""
+        model.robustprune_history = [*list(getattr(model, "robustprune_history", []) or []), step]
+        return PruningReport(
+            method=plan.method,
+            setting=dict(plan.setting),
+            rows=tuple(g.row() for g in plan.groups),
+            macs_before=plan.macs_before,
+            macs_after=macs_after,
+            params_before=plan.params_before,
+            params_after=params_after,
+            seconds=time.perf_counter() - start,
+        )
+
     def _resolve_inputs(self, model: nn.Module, example_inputs: Inputs | None) -> Inputs:
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -707,17 +725,7 @@ class ChannelPruner(Pruner):
             "groups": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in graph.pruning_history()[history_start:]],
         }
         _transplant(clone, model)
-        model.robustprune_history = [*list(getattr(model, "robustprune_history", []) or []), step]
-        return PruningReport(
-            method=plan.method,
-            setting=dict(plan.setting),
-            rows=tuple(g.row() for g in plan.groups),
-            macs_before=plan.macs_before,
-            macs_after=macs_after,
-            params_before=plan.params_before,
-            params_after=params_after,
-            seconds=time.perf_counter() - start,
-        )
+        return self._finish(model, plan, step, macs_after, params_after, start)
 
     # helpers --------------------------------------------------------------------------
 

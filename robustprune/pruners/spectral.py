@@ -174,17 +174,7 @@ class SpectralPruner(Pruner):
             raise
         step = {"kind": "spectral", "method": plan.method,
                 "layers": [{"name": n, "rank": int(r)} for n, r in ranks.items()]}
-        model.robustprune_history = [*list(getattr(model, "robustprune_history", []) or []), step]
-        return PruningReport(
-            method=plan.method,
-            setting=dict(plan.setting),
-            rows=tuple(g.row() for g in plan.groups),
-            macs_before=plan.macs_before,
-            macs_after=macs_after,
-            params_before=plan.params_before,
-            params_after=params_after,
-            seconds=time.perf_counter() - start,
-        )
+        return self._finish(model, plan, step, macs_after, params_after, start)
 
     # helpers --------------------------------------------------------------------------
 
