@@ -19,7 +19,6 @@ report the same robust accuracy.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 from collections.abc import Callable
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from bench_train import digits_like, interleave, summarize, timed, write_section  # noqa: E402
+from bench_train import cpu_main, digits_like, interleave, summarize, timed  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from robustprune.attacks import rebatch, robust_accuracy  # noqa: E402
@@ -176,18 +175,8 @@ def to_markdown(r: dict, command: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run; results are printed only")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per side (>= 5)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    repeats = args.repeats or (5 if args.quick else 9)
-    result = measure(QUICK if args.quick else FULL, repeats, "cpu")
-    command = "python benchmarks/bench_eval.py" + (" --quick" if args.quick else "")
-    md = to_markdown(result, command)
-    print(md)
-    if not args.quick:
-        write_section(RESULTS / "eval.md", "cpu-adapter-overhead", md, "Evaluation benchmarks")
+    cpu_main(__doc__, "bench_eval.py", measure, to_markdown, QUICK, FULL, "eval.md", "cpu-adapter-overhead",
+             "Evaluation benchmarks", "timed runs per side (>= 5)")
 
 
 if __name__ == "__main__":

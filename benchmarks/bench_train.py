@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -261,19 +261,29 @@ def to_markdown(r: dict, command: str) -> str:
     ])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cpu_main(
+    doc: str, script: str, measure_fn: Any, to_markdown_fn: Any, quick: Any, full: Any,
+    results_file: str, section: str, title: str, repeats_help: str,
+) -> None:
+    """The command line shared by the single-benchmark CPU scripts: ``--quick`` (printed
+    only) or a full run whose markdown replaces ``section`` of ``results/<results_file>``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run; results are printed only")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per loop (>= 5)")
+    parser.add_argument("--repeats", type=int, default=None, help=repeats_help)
     args = parser.parse_args()
     torch.set_num_threads(1)
     repeats = args.repeats or (5 if args.quick else 9)
-    result = measure(QUICK if args.quick else FULL, repeats, "cpu")
-    command = "python benchmarks/bench_train.py" + (" --quick" if args.quick else "")
-    md = to_markdown(result, command)
+    result = measure_fn(quick if args.quick else full, repeats, "cpu")
+    command = f"python benchmarks/{script}" + (" --quick" if args.quick else "")
+    md = to_markdown_fn(result, command)
     print(md)
     if not args.quick:
-        write_section(RESULTS / "train.md", "cpu-pgd-at", md, "Training benchmarks")
+        write_section(RESULTS / results_file, section, md, title)
+
+
+def main() -> None:
+    cpu_main(__doc__, "bench_train.py", measure, to_markdown, QUICK, FULL, "train.md", "cpu-pgd-at",
+             "Training benchmarks", "timed runs per loop (>= 5)")
 
 
 if __name__ == "__main__":
