@@ -41,6 +41,9 @@ __all__ = [
     "AdversarialConfig",
     "AUTOATTACK_ATTACKS",
     "STANDARD_ATTACKS",
+    "ATTACKS",
+    "NORMS",
+    "ADVERSARIAL_KINDS",
     "RobustResult",
     "robust_accuracy",
     "rebatch",
@@ -49,7 +52,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Norm = Literal["Linf", "L2"]
-_NORMS = ("Linf", "L2")
+#: the threat models: ℓ∞ and ℓ2 budgets in input space
+NORMS = ("Linf", "L2")
+_NORMS = NORMS
+#: the training attacks of :class:`AdversarialConfig`
+ADVERSARIAL_KINDS = ("pgd", "fgsm", "trades")
 _TINY = 1e-12
 
 
@@ -238,15 +245,23 @@ class AdversarialConfig:
     beta: float = 6.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("pgd", "fgsm", "trades"):
+        if self.kind not in ADVERSARIAL_KINDS:
             raise InvalidArgumentError(
-                f"Unknown adversarial training kind '{self.kind}'; use 'pgd', 'fgsm' or 'trades'."
+                f"Unknown adversarial training kind '{self.kind}'; use 'pgd', 'fgsm' or 'trades'.",
+                argument="kind",
             )
         _check_budget(self.eps, self.norm, self.steps)
-        if self.step_size is not None and self.step_size < 0:
-            raise InvalidArgumentError(f"step_size must be >= 0, got {self.step_size}.")
-        if self.beta < 0:
-            raise InvalidArgumentError(f"TRADES beta must be >= 0, got {self.beta}.")
+        if self.step_size is not None and not (
+            isinstance(self.step_size, (int, float)) and not isinstance(self.step_size, bool)
+            and 0 <= self.step_size < float("inf")
+        ):
+            raise InvalidArgumentError(
+                f"step_size must be a finite number >= 0, got {self.step_size!r}.", argument="step_size"
+            )
+        if not (isinstance(self.beta, (int, float)) and not isinstance(self.beta, bool)
+                and 0 <= self.beta < float("inf")):
+            raise InvalidArgumentError(f"TRADES beta must be a finite number >= 0, got {self.beta!r}.",
+                                       argument="beta")
 
 
 # --------------------------------------------------------------------------- AutoAttack adapter
@@ -255,6 +270,8 @@ class AdversarialConfig:
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 #: AutoAttack's ``version="standard"`` ensemble, in its order
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: every name ``robust_accuracy(attacks=...)`` accepts: the single attacks and "standard"
+ATTACKS = (*AUTOATTACK_ATTACKS, "standard")
 
 _AA_LOGGER = "auto-attack"
 
@@ -779,11 +796,11 @@ def rebatch(
 
 def _check_budget(eps: float, norm: str, steps: int) -> None:
     if norm not in _NORMS:
-        raise InvalidArgumentError(f"Unknown norm '{norm}'; use 'Linf' or 'L2'.")
-    if not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
-        raise InvalidArgumentError(f"eps must be a finite number >= 0, got {eps!r}.")
-    if not isinstance(steps, int) or steps < 0:
-        raise InvalidArgumentError(f"steps must be an integer >= 0, got {steps!r}.")
+        raise InvalidArgumentError(f"Unknown norm '{norm}'; use 'Linf' or 'L2'.", argument="norm")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
+        raise InvalidArgumentError(f"eps must be a finite number >= 0, got {eps!r}.", argument="eps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InvalidArgumentError(f"steps must be an integer >= 0, got {steps!r}.", argument="steps")
 
 
 def _default_step(eps: float, steps: int) -> float:

@@ -24,7 +24,15 @@ class RobustPruneError(Exception):
 
 
 class InvalidArgumentError(RobustPruneError, ValueError):
-    """An argument has a value outside its allowed range or of the wrong kind."""
+    """An argument has a value outside its allowed range or of the wrong kind.
+
+    ``argument`` names the offending argument (or config field) when the raiser knows it,
+    so that callers such as the recipe parser can point at the key that holds it.
+    """
+
+    def __init__(self, message: str = "", *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class UnknownNameError(RobustPruneError, KeyError):

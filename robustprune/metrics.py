@@ -30,6 +30,7 @@ from robustprune.layers import LowRankLinear, first_layer, matricize
 
 __all__ = [
     "Norm",
+    "residual_curve",
     "relative_residual",
     "k_for_eps",
     "dispersion",
@@ -114,6 +115,16 @@ def _residual_curve(theta_sorted: torch.Tensor, q: float) -> torch.Tensor:
     suffix = torch.flip(torch.cumsum(torch.flip(powers, [0]), 0), [0])
     tail = torch.cat([suffix[1:], powers.new_zeros(1)])
     return tail.clamp_min(0) ** (1.0 / q)
+
+
+def residual_curve(theta: torch.Tensor, q: float = 2) -> torch.Tensor:
+    """``eps_q(theta, k)`` for every ``k = 1..n`` at once (float64, index ``k - 1``).
+
+    ``theta`` is any non-negative 1-D vector (sorted here, descending); the curve is
+    non-increasing and ends at exactly 0. This is the one residual computation of the
+    package: :func:`relative_residual`, :func:`k_for_eps` and the pruners' breakpoints
+    all read it."""
+    return _residual_curve(_as_theta(theta), _check_q(q))
 
 
 def relative_residual(theta: torch.Tensor, k: int, q: float = 2) -> float:

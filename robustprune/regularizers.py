@@ -43,6 +43,7 @@ __all__ = [
     "GroupLasso",
     "ScaleInvariantRowSparsity",
     "default_layers",
+    "REGULARIZERS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -316,3 +317,13 @@ def _mixing_matrix(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, (nn.Linear, LowRankLinear)):
         return matricize(layer)
     raise ModelNotSupportedError(f"Alignment cannot use a {type(layer).__name__} layer.")
+
+
+#: the registry of regularizers by recipe name (``[[train.regularizers]] kind = "beta"``)
+REGULARIZERS: dict[str, type[LayerRegularizer]] = {
+    "beta": BetaDispersion,
+    "alignment": Alignment,
+    "nuclear": NuclearNorm,
+    "group-lasso": GroupLasso,
+    "row-sparsity": ScaleInvariantRowSparsity,
+}
