@@ -100,7 +100,7 @@ def main() -> None:
         )
     from robustprune.attacks import AdversarialConfig, robust_accuracy
     from robustprune.data import create_datasets
-    from robustprune.evaluate import count_macs_params
+    from robustprune.evaluation import count_macs_params
     from robustprune.models import create_model
     from robustprune.train import fit
 

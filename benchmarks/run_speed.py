@@ -61,7 +61,7 @@ from bench_train import interleave, timed  # noqa: E402
 
 import robustprune as rp  # noqa: E402
 from robustprune.analysis import analyze  # noqa: E402
-from robustprune.evaluate import count_macs_params, measure_latency  # noqa: E402
+from robustprune.evaluation import count_macs_params, measure_latency  # noqa: E402
 from robustprune.layers import matricize, prunable_layers  # noqa: E402
 from robustprune.models import create_model, model_spec  # noqa: E402
 

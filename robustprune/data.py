@@ -12,6 +12,7 @@ so attacks and budgets always live in input space.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "create_datasets",
     "list_datasets",
     "dataset_info",
+    "dataset_options",
 ]
 
 
@@ -158,6 +160,19 @@ def dataset_info(name: str, **kwargs: Any) -> DatasetInfo:
     if static is not None and not kwargs:
         return static
     return create_datasets(name, **kwargs).info
+
+
+def dataset_options(name: str) -> list[str] | None:
+    """The keyword options the registered dataset ``name`` accepts (``size`` for digits,
+    ``shape``... for synthetic); None when the name is unknown or its factory takes
+    ``**kwargs`` (then any option may be valid)."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        return None
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in ("root", "download", "seed")]
 
 
 # --------------------------------------------------------------------------- digits

@@ -25,6 +25,8 @@ __all__ = [
     "resolve_device",
     "unwrap",
     "all_reduce_sum",
+    "sum_over_ranks",
+    "collective_device",
     "all_gather_objects",
     "barrier",
 ]
@@ -107,6 +109,22 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def collective_device(device: torch.device, ctx: DistContext) -> torch.device:
+    """Where a collective runs: NCCL reduces CUDA tensors (on ``device``), gloo CPU tensors
+    (and a single process needs none: the CPU)."""
+    if ctx.distributed and dist.get_backend() == "nccl":
+        return device
+    return torch.device("cpu")
+
+
+def sum_over_ranks(tensor: torch.Tensor, ctx: DistContext, device: torch.device) -> torch.Tensor:
+    """``tensor`` summed over all ranks, on the CPU (reduced on :func:`collective_device`;
+    when ``tensor`` already lives there it is summed in place)."""
+    t = tensor.to(collective_device(device, ctx))
+    all_reduce_sum(t, ctx)
+    return t.cpu()
 
 
 def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

@@ -1,276 +1,30 @@
-"""``evaluate``: clean accuracy, robust accuracy (AutoAttack), MACs, params and latency in
-one call, for every model of a comparison (the dense baseline included).
+"""Transitional alias of :mod:`robustprune.evaluation` (the module was renamed).
 
->>> result = evaluate(model, loaders.test, eps=8 / 255, n_examples=1000)
->>> result.clean_accuracy, result.robust_accuracy, result.macs, result.latency_ms["batch1"]
+Delete this file once ``robustprune/__init__.py``, ``robustprune/cli.py`` and
+``robustprune/recipe.py`` import from :mod:`robustprune.evaluation`. Until then
+``robustprune.evaluate`` names both this module and the function; importing the module
+binds the package attribute ``robustprune.evaluate`` to it, so the module is made callable
+(calling it calls :func:`robustprune.evaluation.evaluate`), as before the rename.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import statistics
 import sys
-import time
 import types
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
+from robustprune.evaluation import (
+    LATENCY_BATCHES,
+    EvalResult,
+    count_macs_params,
+    evaluate,
+    measure_latency,
+)
 
-from robustprune import distributed
-from robustprune.attacks import Norm, RobustResult, rebatch, robust_accuracy
-from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
-from robustprune.models import model_spec
-
-__all__ = ["EvalResult", "evaluate", "count_macs_params", "measure_latency"]
-
-logger = logging.getLogger(__name__)
-
-#: batch sizes of the latency measurement, as ``latency_ms`` keys ``batch1``, ``batch64``
-LATENCY_BATCHES = (1, 64)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What :func:`evaluate` measured.
-
-    Attributes:
-        clean_accuracy: accuracy on every example of the loader (fp32, eval mode).
-        robust_accuracy: AutoAttack robust accuracy on the first ``n_examples`` (None when
-            ``eps`` is None); ``robust.clean_accuracy`` is the clean accuracy on those same
-            examples, and ``robust_accuracy <= robust.clean_accuracy`` always.
-        macs, params: multiply-accumulates of one forward pass of one example, and the
-            parameter count (torch-pruning's counter).
-        latency_ms: median forward time in milliseconds of warm runs, keys ``"batch1"`` and
-            ``"batch64"`` (empty when ``latency=False``).
-        robust: the full :class:`~robustprune.attacks.RobustResult` (None without ``eps``).
-        n: examples behind ``clean_accuracy``.
-        device: where it ran.
-    """
-
-    clean_accuracy: float
-    robust_accuracy: float | None
-    macs: int
-    params: int
-    latency_ms: dict[str, float]
-    robust: RobustResult | None
-    n: int
-    device: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict of every field (``robust`` as its own dict)."""
-        return {
-            "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": self.robust_accuracy,
-            "macs": self.macs,
-            "params": self.params,
-            "latency_ms": dict(self.latency_ms),
-            "robust": None if self.robust is None else self.robust.to_dict(),
-            "n": self.n,
-            "device": self.device,
-        }
-
-    def __str__(self) -> str:
-        robust = "-" if self.robust_accuracy is None else f"{self.robust_accuracy:.2%}"
-        lat = ", ".join(f"{k} {v:.3g} ms" for k, v in self.latency_ms.items())
-        return (
-            f"clean {self.clean_accuracy:.2%} (n={self.n}), robust {robust}, "
-            f"MACs {self.macs:,}, params {self.params:,}" + (f", latency {lat}" if lat else "")
-        )
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[Any] | tuple[torch.Tensor, torch.Tensor],
-    *,
-    norm: Norm = "Linf",
-    eps: float | None = None,
-    attacks: Sequence[str] | str = ("apgd-ce", "apgd-t"),
-    n_examples: int | None = None,
-    example_inputs: torch.Tensor | None = None,
-    latency: bool = True,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    batch_size: int = 256,
-    n_iter: int = 100,
-    progress: bool = True,
-    state_path: str | os.PathLike[str] | None = None,
-) -> EvalResult:
-    """Clean accuracy, robust accuracy, MACs, params and latency of ``model``.
-
-    Args:
-        model: inputs in [0, 1] -> logits; put in eval mode (its mode is restored) and
-            moved to ``device``.
-        loader: the test DataLoader (unshuffled) or a tuple ``(x, y)`` of tensors.
-        norm, eps, attacks, n_examples, seed, batch_size, n_iter, state_path: the robust
-            evaluation, see :func:`robustprune.attacks.robust_accuracy`; ``eps=None`` skips it.
-        example_inputs: one input batch for counting MACs; default a single example of
-            the shape recorded by ``create_model``, else the loader's first example.
-        latency: measure the median forward time at batch 1 and 64.
-        device: "auto", "cpu", "cuda", "cuda:1"...
-
-    Under ``torchrun`` the examples are shared between the ranks and the counts summed;
-    every rank returns the same accuracies (latency is measured per rank).
-    """
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}.")
-    dev = distributed.resolve_device(device)
-    ctx = distributed.setup(dev)
-    net = distributed.unwrap(model)
-    was_training = net.training
-    net.eval().to(dev)
-    try:
-        clean, n = _clean_accuracy(net, loader, batch_size, dev, ctx)
-        inputs = _example_inputs(net, loader, example_inputs).to(dev)
-        macs, params = count_macs_params(net, inputs)
-        latency_ms = measure_latency(net, inputs.shape[1:], dev) if latency else {}
-    finally:
-        net.train(was_training)
-    robust = None
-    if eps is not None:
-        robust = robust_accuracy(
-            net, loader, norm=norm, eps=eps, attacks=attacks, n_examples=n_examples,
-            batch_size=batch_size, seed=seed, device=dev, n_iter=n_iter, progress=progress,
-            state_path=state_path,
-        )
-        if robust.robust_accuracy > robust.clean_accuracy:
-            raise RuntimeError(
-                f"robust accuracy {robust.robust_accuracy} exceeds clean accuracy "
-                f"{robust.clean_accuracy} on the same examples; please report this bug."
-            )
-        if robust.n == n and abs(robust.clean_accuracy - clean) > 1e-12:
-            logger.warning(
-                "clean accuracy differs between the two passes over the same %d examples "
-                "(%.4f vs %.4f): the model or the loader is not deterministic.",
-                n, clean, robust.clean_accuracy,
-            )
-    return EvalResult(
-        clean_accuracy=clean,
-        robust_accuracy=None if robust is None else robust.robust_accuracy,
-        macs=macs,
-        params=params,
-        latency_ms=latency_ms,
-        robust=robust,
-        n=n,
-        device=str(dev),
-    )
-
-
-def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """``(MACs, params)`` of one forward pass on ``example_inputs`` (torch-pruning's
-    ``count_ops_and_params``, which works on a copy of the model)."""
-    try:
-        from robustprune.pruners.base import count_macs_params as counter
-    except ImportError:  # the pruners package is optional for evaluation
-        counter = None
-    if counter is not None:
-        macs, params = counter(model, example_inputs)
-        return int(macs), int(params)
-    import torch_pruning as tp
-
-    try:
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    except Exception as exc:
-        raise ModelNotSupportedError(
-            f"Counting MACs failed ({type(exc).__name__}: {exc}); pass example_inputs of the "
-            "shape the model expects."
-        ) from exc
-    return int(macs), int(params)
-
-
-def measure_latency(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    device: torch.device,
-    *,
-    batches: Sequence[int] = LATENCY_BATCHES,
-    warmup: int = 3,
-    runs: int = 10,
-) -> dict[str, float]:
-    """Median forward time (ms) of ``runs`` warm runs per batch size, in eval mode under
-    ``no_grad``, on random inputs of ``input_shape`` (CUDA is synchronized around each run).
-    Returns ``{"batch1": ms, "batch64": ms}``."""
-    was_training = model.training
-    model.eval()
-    out: dict[str, float] = {}
-    g = torch.Generator().manual_seed(0)
-    try:
-        with torch.no_grad():
-            for b in batches:
-                x = torch.rand((b, *input_shape), generator=g).to(device)
-                times = []
-                for i in range(warmup + runs):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    model(x)
-                    _sync(device)
-                    if i >= warmup:
-                        times.append(time.perf_counter() - t0)
-                out[f"batch{b}"] = 1000.0 * statistics.median(times)
-    finally:
-        model.train(was_training)
-    return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _clean_accuracy(
-    net: nn.Module,
-    loader: Iterable[Any] | tuple[torch.Tensor, torch.Tensor],
-    batch_size: int,
-    device: torch.device,
-    ctx: distributed.DistContext,
-) -> tuple[float, int]:
-    counts = torch.zeros(2, dtype=torch.float64)
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        for index, (x, y) in enumerate(rebatch(loader, batch_size, None)):
-            if index % ctx.world_size != ctx.rank:
-                continue
-            x = x.to(device, torch.float32, non_blocking=True)
-            y = y.to(device, torch.long, non_blocking=True)
-            counts[0] += float((net(x).argmax(1) == y).sum())
-            counts[1] += y.shape[0]
-    if ctx.distributed:
-        t = counts.to(device) if torch.distributed.get_backend() == "nccl" else counts
-        distributed.all_reduce_sum(t, ctx)
-        counts = t.cpu()
-    n = int(counts[1])
-    if n == 0:
-        raise InvalidArgumentError("evaluate got an empty loader.")
-    return float(counts[0]) / n, n
-
-
-def _example_inputs(
-    net: nn.Module,
-    loader: Iterable[Any] | tuple[torch.Tensor, torch.Tensor],
-    example_inputs: torch.Tensor | None,
-) -> torch.Tensor:
-    if example_inputs is not None:
-        if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
-            raise InvalidArgumentError(
-                "example_inputs must be a batched tensor (N, ...), e.g. torch.rand(1, 3, 32, 32)."
-            )
-        return example_inputs[:1]
-    spec = model_spec(net)
-    if spec is not None and spec.input_shape is not None:
-        return torch.rand((1, *spec.input_shape), generator=torch.Generator().manual_seed(0))
-    for x, _ in rebatch(loader, 1, 1):
-        return x.float()
-    raise InvalidArgumentError("evaluate could not infer example inputs; pass example_inputs=.")
+__all__ = ["EvalResult", "evaluate", "count_macs_params", "measure_latency", "LATENCY_BATCHES"]
 
 
 class _CallableModule(types.ModuleType):
-    """``robustprune.evaluate`` names both this module and its main function. Once the
-    module has been imported (``from robustprune.evaluate import ...``), Python binds the
-    package attribute ``robustprune.evaluate`` to the module, so ``rp.evaluate(model, ...)``
-    would find a module; calling the module therefore calls :func:`evaluate`."""
-
     def __call__(self, *args: Any, **kwargs: Any) -> EvalResult:
         return evaluate(*args, **kwargs)
 

@@ -12,15 +12,6 @@ from robustprune.attacks import AdversarialConfig, fgsm_rs, pgd, trades_attack, 
 from robustprune.errors import InvalidArgumentError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the CI cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mlp(seed: int = 0, d: int = 64) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 10))
@@ -254,7 +245,7 @@ def test_targeted_attacks_on_three_classes_and_half_precision_models_are_refused
 def test_interrupted_evaluation_resumes_from_its_state_file(trained, tmp_path, monkeypatch):
     import json
 
-    from robustprune import attacks
+    from robustprune.attacks import _ensemble
 
     model, x, y = trained
     kw = dict(eps=0.08, attacks=("apgd-ce",), n_iter=10, batch_size=32, n_examples=128)
@@ -266,8 +257,8 @@ def test_interrupted_evaluation_resumes_from_its_state_file(trained, tmp_path, m
     saved["done"] = {k: v for k, v in saved["done"].items() if k in ("0", "2")}
     state.write_text(json.dumps(saved))
     calls = []
-    original = attacks._Ensemble.run
-    monkeypatch.setattr(attacks._Ensemble, "run", lambda self, *a: calls.append(1) or original(self, *a))
+    original = _ensemble.Ensemble.run
+    monkeypatch.setattr(_ensemble.Ensemble, "run", lambda self, *a: calls.append(1) or original(self, *a))
     assert _ra(model, (x, y), state_path=state, **kw) == full
     assert len(calls) == 2
     assert _ra(model, (x, y), state_path=state, **kw) == full and len(calls) == 2

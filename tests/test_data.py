@@ -133,3 +133,12 @@ def test_missing_torchvision_dataset_names_root_and_download(tmp_path, name):
         create_loaders(name, root=tmp_path / "nowhere")
     message = str(err.value)
     assert "nowhere" in message and "download=True" in message
+
+
+def test_dataset_options_lists_each_factorys_keywords():
+    from robustprune.data import dataset_options
+
+    assert dataset_options("digits") == ["size", "test_fraction"]
+    assert dataset_options("synthetic") == ["shape", "num_classes", "n_train", "n_test"]
+    assert dataset_options("cifar10") == ["augment"]
+    assert dataset_options("imagenet-typo") is None

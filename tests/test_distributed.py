@@ -22,7 +22,7 @@ _WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     from robustprune.attacks import AdversarialConfig, robust_accuracy
     from robustprune.data import create_loaders
-    from robustprune.evaluate import evaluate
+    from robustprune.evaluation import evaluate
     from robustprune.train import fit
 
     mode, out = sys.argv[1], sys.argv[2]

@@ -21,15 +21,6 @@ from robustprune.train import CHECKPOINT_NAME, FitResult, fit
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the CI cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fcn(digits, width: int = 32, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return create_model("fcn", width=width, mean=digits.info.mean, std=digits.info.std)

@@ -1,0 +1,89 @@
+"""The resumable state of a robust evaluation: per-batch counts in a JSON file (AutoAttack's
+own ``state_path`` is unreliable), written atomically by rank 0."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustprune import distributed
+from robustprune._io import atomic_write
+from robustprune.errors import InvalidArgumentError
+
+__all__ = ["EvalState", "checksum"]
+
+
+class EvalState:
+    """Per-batch counts of a robust evaluation kept in a JSON file, so an interrupted
+    evaluation resumes where it stopped (AutoAttack's own ``state_path`` is unreliable).
+    :meth:`sync` is collective: every rank calls it at the same batch indices."""
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None, settings: dict[str, Any],
+        ctx: distributed.DistContext,
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.settings = settings
+        self.ctx = ctx
+        self.done: dict[int, list[float]] = {}
+        self.loaded: dict[int, list[float]] = {}
+        self.pending: dict[int, list[float]] = {}
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            saved = json.loads(self.path.read_text())
+            saved_settings, done = saved["settings"], saved["done"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgumentError(
+                f"{self.path} is not a robust_accuracy state file ({exc}); delete it."
+            ) from exc
+        if saved_settings != settings:
+            diff = sorted(k for k in set(saved_settings) | set(settings)
+                          if saved_settings.get(k) != settings.get(k))
+            raise InvalidArgumentError(
+                f"The evaluation state {self.path} was written with other settings or another "
+                f"model (differs in: {', '.join(diff)}); use another state_path or delete it."
+            )
+        self.loaded = {int(k): list(v) for k, v in done.items()}
+        self.done = dict(self.loaded)
+
+    def record(self, index: int, counts: torch.Tensor) -> None:
+        """Keep the counts of batch ``index`` until the next :meth:`sync`."""
+        if self.path is not None:
+            self.pending[index] = [float(c) for c in counts]
+
+    def sync(self) -> None:
+        """Gather every rank's new counts and write the file (rank 0)."""
+        if self.path is None:
+            return
+        for part in distributed.all_gather_objects(self.pending, self.ctx):
+            self.done.update(part)
+        self.pending = {}
+        if self.ctx.is_main:
+            payload = {"format": 1, "settings": self.settings,
+                       "done": {str(k): v for k, v in sorted(self.done.items())}}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps(payload))
+
+    def resumed_counts(self, size: int) -> torch.Tensor:
+        """The summed counts of the batches finished by an earlier call."""
+        total = torch.zeros(size, dtype=torch.float64)
+        for counts in self.loaded.values():
+            total += torch.tensor(counts, dtype=torch.float64)
+        return total
+
+
+def checksum(model: nn.Module) -> list[float]:
+    """A cheap fingerprint of the weights: parameter count and the sums of |w| and w."""
+    with torch.no_grad():
+        params = [p.detach().double() for p in model.parameters()]
+        return [
+            float(sum(p.numel() for p in params)),
+            round(float(sum(p.abs().sum() for p in params)), 6),
+            round(float(sum(p.sum() for p in params)), 6),
+        ]
