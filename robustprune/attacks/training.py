@@ -248,7 +248,8 @@ class AdversarialConfig:
             raise InvalidArgumentError(f"TRADES beta must be a finite number >= 0, got {self.beta!r}.",
                                        argument="beta")
 
-# --------------------------------------------------------------------------- helpers
+
+# --------------------------------------------------------------------------- budgets and steps
 
 
 def check_budget(eps: float, norm: str, steps: int) -> None:
