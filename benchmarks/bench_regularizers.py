@@ -30,6 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from bench_train import interleave, timed  # noqa: E402
 
+from robustprune._io import atomic_write  # noqa: E402
 from robustprune.models import create_model  # noqa: E402
 from robustprune.regularizers import (  # noqa: E402
     Alignment,
@@ -145,7 +146,7 @@ def main() -> int:
     if not args.quick:
         out = args.out or RESULTS / "regularizers.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        atomic_write(out, text)
         print(f"written to {out}")
     return 0
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from robustprune._io import atomic_write
 from robustprune.attacks import robust_accuracy
 from robustprune.data import Loaders, create_loaders
 from robustprune.layers import first_layer, fold_for_analysis, matricize, prunable_layers
@@ -141,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"robust accuracy = APGD-CE + APGD-T ({settings.n_iter} iterations, pyautoattack 0.2.0) "
         f"on {settings.n_examples or 360} test points.\n"
     )
-    (args.out / "paper.md").write_text(header + "\n" + "\n".join(sections))
-    (args.out / "paper.json").write_text(json.dumps(results, indent=2))
+    atomic_write(args.out / "paper.md", header + "\n" + "\n".join(sections))
+    atomic_write(args.out / "paper.json", json.dumps(results, indent=2))
     print(header + "\n" + "\n".join(sections))
     return 0
 
@@ -417,7 +418,7 @@ def _plot(path: Path, xs, series: dict[str, list[float]], *, xlabel: str, title:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -437,7 +438,7 @@ def _scatter(path: Path, rows: list[dict[str, float]]) -> None:
         ax.set_title(f"lowrank-fcn rank sweep, {name} (labels = rank)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
 
 

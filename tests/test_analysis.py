@@ -24,15 +24,6 @@ _SMALL = {
     "resnet18-cifar": ({"width": 4}, (3, 32, 32)),
 }
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
     for m in model.modules():
@@ -184,6 +175,12 @@ def test_certified_fraction_never_exceeds_pgd_accuracy(trained_fcn):
 def test_example_inputs_are_inferred_from_the_model_spec():
     model = create_model("fcn", width=8)
     assert len(analyze(model).rows) == 3
+
+
+def test_example_inputs_are_inferred_from_a_first_linear_layer():
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))  # not built by create_model
+    report = analyze(model)
+    assert [r.input_shape for r in report.rows] == [(6,), (5,)] and report.is_chain
 
 
 # --------------------------------------------------------------------------- errors

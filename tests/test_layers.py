@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from robustprune.errors import ModelNotSupportedError
 from robustprune.layers import (
     LowRankLinear,
     classifier_head,
@@ -57,6 +58,30 @@ def test_folding_bn_and_normalization_preserves_outputs(name, shape):
     with torch.no_grad():
         ref, out = model(x), folded(x)
     assert torch.allclose(ref, out, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_folding_bn_after_conv_and_linear_preserves_outputs(affine):
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, affine=affine), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5), nn.BatchNorm1d(5, affine=affine),
+    )
+    for bn in (model[1], model[5]):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert [type(m) for m in folded] == [nn.Conv2d, nn.Identity, nn.ReLU, nn.Flatten, nn.Linear, nn.Identity]
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert torch.allclose(ref, out, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_folding_a_bn_without_running_statistics_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(ModelNotSupportedError, match="running statistics"):
+        fold_batchnorm(model)
 
 
 def test_folding_scales_the_first_layer_by_the_input_std():

@@ -19,15 +19,6 @@ _vectors = st.lists(st.floats(0.0, 100.0, allow_nan=False, allow_subnormal=False
     lambda v: max(v) > 1e-3
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def _dense_conv(conv: nn.Conv2d, shape: tuple[int, int, int]) -> torch.Tensor:
     """The conv (bias excluded) as a dense ``out x in`` matrix on inputs of ``shape``."""
@@ -344,6 +335,12 @@ def test_empty_and_non_finite_weights_are_refused():
             fn()
     with pytest.raises(InvalidArgumentError, match="non-empty"):
         metrics.k_for_eps(torch.tensor([]), 0.1)
+
+
+@pytest.mark.parametrize("spelling,name", [(2, "2"), ("l2", "2"), ("L2", "2"), ("inf", "inf"),
+                                           ("Linf", "inf"), (math.inf, "inf"), ("∞", "inf")])
+def test_norm_names_are_normalized(spelling, name):
+    assert metrics.check_norm(spelling) == name
 
 
 def test_other_bad_arguments_raise_robustprune_errors():

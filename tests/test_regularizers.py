@@ -25,15 +25,6 @@ from robustprune.regularizers import (
 ALL = [BetaDispersion, Alignment, NuclearNorm, GroupLasso, ScaleInvariantRowSparsity]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("cls", ALL)
 def test_each_regularizer_is_a_weighted_differentiable_scalar(cls):
     model = create_model("cnn-small", widths=(4, 8), convs_per_stage=2)

@@ -1,0 +1,150 @@
+"""Alignment of every consecutive pair of the folded model, for :func:`analyze`.
+
+For each pair ``(a, b)`` found by :func:`robustprune.layers.consecutive_pairs`, the ops
+between the two layers are copied out of the trace as a module ``z -> input of b`` (with the
+activations replaced by the identity in identity mode, ``D = I``), the inputs of ``a`` are
+recorded on the data batch, and :func:`robustprune.metrics.alignment` measures ``A_p``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustprune.analysis._data import layer_inputs
+from robustprune.errors import RobustPruneError
+from robustprune.layers import Pair, path_between
+from robustprune.layers.graph import is_activation, node_of
+from robustprune.metrics import ALIGNMENT_TOL, alignment, operator_norm
+
+__all__ = [
+    "CONV_ALIGNMENT_SAMPLES",
+    "Alignments",
+    "Reasons",
+    "OperatorNorms",
+    "PairContext",
+    "pair_alignments",
+    "pair_alignment",
+    "through_module",
+]
+
+#: default number of samples whose masks enter data-mode alignment of conv pairs
+CONV_ALIGNMENT_SAMPLES = 32
+
+#: ``{(a, b): {p: A_p or None}}`` and the reasons for the ``None`` values
+Alignments = dict[tuple[str, str], dict[str, float | None]]
+Reasons = dict[tuple[str, str], dict[str, str]]
+
+
+class OperatorNorms:
+    """l2 operator norms of the folded model's layers at their input sizes, computed once.
+
+    They are the denominators of conv alignments. Norms already measured for the report
+    (``conv_norm="operator"``, to ``POWER_TOL``) are reused; the others are computed to
+    ``ALIGNMENT_TOL``, the tolerance of the alignment's numerator, as
+    :func:`robustprune.metrics.alignment` does (a tighter denominator would not make the
+    ratio more accurate, and costs about half again as many power-iteration steps)."""
+
+    def __init__(self, model: nn.Module, shapes: dict[str, tuple[int, ...]], known: dict[str, float | None]) -> None:
+        self.model, self.shapes = model, shapes
+        self.values = {k: v for k, v in known.items() if v is not None}
+
+    def get(self, name: str) -> float:
+        if name not in self.values:
+            layer = self.model.get_submodule(name)
+            if isinstance(layer, nn.Conv2d):
+                self.values[name] = operator_norm(
+                    layer, "2", self.shapes.get(name), mode="operator", tol=ALIGNMENT_TOL
+                )
+            else:
+                self.values[name] = operator_norm(layer, "2")
+        return self.values[name]
+
+
+@dataclass
+class PairContext:
+    """What every pair's alignment needs: the folded model and its trace, the mask mode
+    (``"data"`` or ``"identity"``), the batch ``x`` of model inputs, the norms, the operator
+    norms of the denominators, the sample count (``None``: the default per pair kind) and a
+    cache of one layer's recorded inputs."""
+
+    folded: nn.Module
+    graph: torch.fx.Graph
+    mode: str
+    x: torch.Tensor
+    norms: tuple[str, ...]
+    op_norms: OperatorNorms
+    samples: int | None = None
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def pair_alignments(ctx: PairContext, pairs: list[Pair], *, progress: bool = False) -> tuple[Alignments, Reasons]:
+    """:func:`pair_alignment` of every pair (the input cache is cleared afterwards)."""
+    alignments: Alignments = {}
+    reasons: Reasons = {}
+    for pair in tqdm(pairs, desc="analyze: alignment", disable=None if progress else True):
+        alignments[(pair.a, pair.b)], reasons[(pair.a, pair.b)] = pair_alignment(ctx, pair.a, pair.b)
+    ctx.cache.clear()
+    return alignments, reasons
+
+
+def pair_alignment(ctx: PairContext, a: str, b: str) -> tuple[dict[str, float | None], dict[str, str]]:
+    """``{p: A_p}`` of layers ``a`` -> ``b`` for every norm (``None`` where it cannot be
+    computed) and ``{p: reason}`` for those."""
+    values: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    layer_a, layer_b = ctx.folded.get_submodule(a), ctx.folded.get_submodule(b)
+    has_conv = isinstance(layer_a, nn.Conv2d) or isinstance(layer_b, nn.Conv2d)
+    max_samples = int(ctx.samples) if ctx.samples is not None else (CONV_ALIGNMENT_SAMPLES if has_conv else 256)
+    try:
+        through = through_module(ctx.folded, ctx.graph, a, b, keep_activations=(ctx.mode == "data"))
+        key = f"{a}@{max_samples}"
+        if key not in ctx.cache:
+            ctx.cache.clear()  # keep one layer's inputs in memory at a time
+            ctx.cache[key] = layer_inputs(ctx.folded, layer_a, ctx.x[:max_samples])
+        inputs = ctx.cache[key]
+    except RobustPruneError as exc:
+        return {p: None for p in ctx.norms}, {p: str(exc) for p in ctx.norms}
+    for p in ctx.norms:
+        try:
+            pre = None
+            if p == "2" and has_conv:
+                pre = (ctx.op_norms.get(a), ctx.op_norms.get(b))
+            values[p] = alignment(
+                layer_a, layer_b, p, ctx.mode, inputs, through=through, max_samples=max_samples, norms=pre
+            )
+        except RobustPruneError as exc:
+            values[p] = None
+            reasons[p] = str(exc)
+    return values, reasons
+
+
+def through_module(
+    root: nn.Module, graph: torch.fx.Graph, a: str, b: str, keep_activations: bool
+) -> torch.fx.GraphModule:
+    """The ops between layers ``a`` and ``b`` as a module ``z -> input of b`` (a copy of the
+    traced nodes); with ``keep_activations=False`` the activations are replaced by the
+    identity (``D = I``)."""
+    modules = dict(root.named_modules())
+    path = path_between(graph, modules, a, b)
+    new = torch.fx.Graph()
+    z = new.placeholder("z")
+    env: dict[torch.fx.Node, torch.fx.Node] = {node_of(graph, a): z}
+    last = z
+    for node in path:
+        (src,) = node.all_input_nodes
+        if not keep_activations and is_activation(node, modules):
+            env[node] = env[src]
+        else:
+            env[node] = new.node_copy(node, lambda n: env[n])
+            if env[node].op == "call_method" and env[node].target == "relu_":
+                env[node].target = "relu"
+            if "inplace" in env[node].kwargs:
+                env[node].kwargs = {**env[node].kwargs, "inplace": False}
+        last = env[node]
+    new.output(last)
+    return torch.fx.GraphModule(root, new)

@@ -1,0 +1,335 @@
+"""``analyze(model, ...) -> Report``, step by step: check the settings, resolve the inputs,
+fold the model, measure every layer, align every consecutive pair, bound the chain, audit.
+
+All quantities are measured on :func:`robustprune.layers.fold_for_analysis` of the model
+(eval-mode BatchNorm and the input normalization folded into the adjacent weights), so they
+describe the map from raw inputs in [0, 1] to logits. The model itself is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustprune._inputs import resolve_example_inputs
+from robustprune.analysis._data import (
+    DEFAULT_DELTA,
+    check_delta,
+    check_forward,
+    check_norms,
+    collect_data,
+    input_shapes,
+    logits_of,
+    model_name,
+)
+from robustprune.analysis._network import NetworkContext, network_bound
+from robustprune.analysis._pairs import (
+    Alignments,
+    OperatorNorms,
+    PairContext,
+    Reasons,
+    pair_alignments,
+)
+from robustprune.analysis.report import LayerRow, Report
+from robustprune.errors import InvalidArgumentError, ModelNotSupportedError, RobustPruneError
+from robustprune.layers import (
+    classifier_head,
+    consecutive_pairs,
+    fold_for_analysis,
+    prunable_layers,
+    sequential_chain,
+)
+from robustprune.layers.graph import trace
+from robustprune.metrics import (
+    AuditResult,
+    check_eps,
+    compressibility,
+    dominant_direction_audit,
+    operator_norm,
+    singular_values,
+    weight_matrix,
+)
+
+__all__ = ["analyze", "DEFAULT_DELTA"]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The checked arguments of one :func:`analyze` call."""
+
+    eps: float
+    norms: tuple[str, ...]
+    conv_norm: str
+    deltas: dict[str, float]
+    max_samples: int
+    alignment_samples: int | None
+    progress: bool
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs: torch.Tensor | None = None,
+    data: Any = None,
+    norms: Sequence[str] = ("2", "inf"),
+    conv_norm: Literal["matricized", "operator"] = "matricized",
+    eps: float = 0.05,
+    *,
+    delta: float | Mapping[str, float] | None = None,
+    max_samples: int = 256,
+    alignment_samples: int | None = None,
+    progress: bool = False,
+) -> Report:
+    """Measure compressibility, dispersion, norms and alignment of every prunable layer, the
+    network's Lipschitz and gap bounds, and (with labelled data) the dominant-direction audit
+    and the certified fraction.
+
+    Args:
+        model: any model with Linear/Conv2d layers; left unchanged (mode included).
+        example_inputs: a batch the model accepts (sets conv input sizes); inferred from
+            ``data`` or from the model (:func:`robustprune._inputs.resolve_example_inputs`:
+            the input shape recorded by ``robustprune.models.create_model``, timm and
+            torchvision classifiers, a first Linear layer) when omitted.
+        data: ``(x, y)``, ``x`` alone, or an iterable of ``(x, y)`` batches (first
+            ``max_samples`` samples). Enables data-mode alignment (masks observed on ``x``);
+            labels enable the audit, the certified fraction and the clean accuracy.
+        norms: which of ``"2"``, ``"inf"`` to use for alignment, bounds and the audit.
+        conv_norm: ``"matricized"`` (fast) or ``"operator"`` (conv l2 norms by power
+            iteration at the actual input sizes, reported in their own column).
+        eps: the relative residual at which ``k`` is reported (in (0, 1)).
+        delta: perturbation budget, a float for every norm or ``{"2": ..., "inf": ...}``;
+            default :data:`DEFAULT_DELTA`.
+        max_samples: at most this many samples of ``data`` are used (audit, certified
+            fraction, clean accuracy).
+        alignment_samples: data-mode alignment takes the max over the masks of the first
+            this many samples (DESIGN: up to 256). Default: 256 for Linear pairs (exact and
+            cheap) and 32 for pairs involving a convolution, where every sample costs a batch
+            of forward and adjoint convolutions per power-iteration step (about 10 s per
+            32 samples per ResNet-18 pair on one CPU core; raise it on a GPU).
+        progress: show a progress bar over layers.
+    """
+    s = _settings(eps, norms, conv_norm, delta, max_samples, alignment_samples, progress)
+    x, y, example = _inputs(model, example_inputs, data, s.max_samples)
+    notes: list[str] = []
+    folded = _folded(model, notes)
+    layers = prunable_layers(folded)
+    head = _head(folded, layers)
+    shapes = input_shapes(folded, [m for _, m in layers], example[:1])
+    mode = "data" if x is not None else "identity"
+    base_rows = {
+        name: _layer_metrics(name, layer, shapes.get(name), s, is_head=head == name)
+        for name, layer in tqdm(layers, desc="analyze: layers", disable=None if s.progress else True)
+    }
+    batch = x if x is not None else example[:1]
+    graph, alignments, reasons = _alignments(folded, base_rows, shapes, mode, batch, s, notes)
+    rows = tuple(_finish_row(name, base_rows[name], alignments, reasons) for name, _ in layers)
+    chain_layers, chain_reason = _chain(folded, head)
+    logits = logits_of(model, x) if x is not None and y is not None else None
+    network = NetworkContext(folded, graph, chain_layers, chain_reason, rows, alignments, mode, logits, y)
+    bounds = {p: network_bound(network, p, s.deltas[p]) for p in s.norms}
+    audit, audit_reason = _audit(model, x, y, s)
+    return Report(
+        model=model_name(model),
+        eps=s.eps,
+        conv_norm=s.conv_norm,
+        norms=s.norms,
+        alignment_mode=mode,
+        n_samples=0 if x is None else int(x.shape[0]),
+        rows=rows,
+        is_chain=chain_layers is not None,
+        chain_reason=chain_reason,
+        head=head,
+        bounds=bounds,
+        audit=audit,
+        audit_reason=audit_reason,
+        clean_accuracy=None if logits is None else float((logits.argmax(1) == y).double().mean()),
+        notes=tuple(notes + _row_notes(rows, layers, s.conv_norm)),
+    )
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _settings(
+    eps: float,
+    norms: Sequence[str],
+    conv_norm: str,
+    delta: float | Mapping[str, float] | None,
+    max_samples: int,
+    alignment_samples: int | None,
+    progress: bool,
+) -> _Settings:
+    eps = check_eps(eps)
+    norms_t = check_norms(norms)
+    if conv_norm not in ("matricized", "operator"):
+        raise InvalidArgumentError(f"conv_norm must be 'matricized' or 'operator', got {conv_norm!r}.")
+    if int(max_samples) < 1 or (alignment_samples is not None and int(alignment_samples) < 1):
+        raise InvalidArgumentError(
+            f"max_samples and alignment_samples must be >= 1, got {max_samples} and {alignment_samples}."
+        )
+    deltas = check_delta(delta, norms_t)
+    return _Settings(eps, norms_t, conv_norm, deltas, int(max_samples), alignment_samples, progress)
+
+
+def _inputs(
+    model: nn.Module, example_inputs: Any, data: Any, max_samples: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """``(x, y, example)``: the data batch (``None`` without data) and one checked batch of
+    example inputs, both on the model's device in its dtype."""
+    if not prunable_layers(model):
+        raise ModelNotSupportedError(
+            f"{type(model).__name__} has no prunable layer (Linear, Conv2d or LowRankLinear): "
+            "there is nothing to analyze."
+        )
+    ref = next(model.parameters())
+    device, dtype = ref.device, (ref.dtype if ref.is_floating_point() else torch.float32)
+    x, y = collect_data(data, max_samples, device, dtype)
+    example = resolve_example_inputs(model, example_inputs, x)
+    if isinstance(example, tuple):
+        raise InvalidArgumentError(
+            f"analyze takes example_inputs as one tensor (a batch of the model's inputs), got "
+            f"a tuple of {len(example)} tensors."
+        )
+    if example.ndim < 2:
+        raise InvalidArgumentError(
+            f"example_inputs must be a non-empty batch (N, ...), got shape {tuple(example.shape)}; "
+            "add a batch dimension, e.g. x.unsqueeze(0)."
+        )
+    example = example.detach().to(device=device, dtype=dtype)
+    check_forward(model, example, "example_inputs")
+    if x is not None:
+        check_forward(model, x[:1], "data")
+    return x, y, example
+
+
+def _folded(model: nn.Module, notes: list[str]) -> nn.Module:
+    """The folded copy (the raw weights, with a note, when folding is not possible)."""
+    try:
+        folded = fold_for_analysis(model)
+    except RobustPruneError as exc:
+        folded = copy.deepcopy(model).eval()
+        notes.append(f"BatchNorm/normalization not folded ({exc}); norms describe the raw weights")
+    folded.requires_grad_(False)
+    return folded
+
+
+def _head(folded: nn.Module, layers: list[tuple[str, nn.Module]]) -> str | None:
+    """The name of the classifier head among ``layers`` (``None`` when there is none)."""
+    head_module = classifier_head(folded)
+    return next((n for n, m in layers if m is head_module), None)
+
+
+def _layer_metrics(
+    name: str,
+    layer: nn.Module,
+    input_shape: tuple[int, ...] | None,
+    s: _Settings,
+    *,
+    is_head: bool,
+) -> dict[str, Any]:
+    """The fields of one :class:`LayerRow` but its alignment."""
+    w = weight_matrix(layer, name)
+    sigma = singular_values(w)  # the one SVD of this weight
+    nu = w.abs().sum(dim=1)
+    zero = bool(sigma[0] == 0)  # e.g. a zero-initialized BatchNorm folded in
+    op2 = None
+    if isinstance(layer, nn.Conv2d) and s.conv_norm == "operator" and input_shape is not None:
+        op2 = operator_norm(layer, "2", input_shape, mode="operator")
+    return {
+        "name": name,
+        "kind": type(layer).__name__,
+        "weight_shape": tuple(int(d) for d in layer.weight.shape),
+        "matrix_shape": (int(w.shape[0]), int(w.shape[1])),
+        "input_shape": input_shape,
+        "is_head": is_head,
+        "spectral": None if zero else compressibility(sigma, eps=s.eps, q=2, kind="singular values"),
+        "neuron": None if zero else compressibility(nu, eps=s.eps, q=2, kind="row l1 norms"),
+        "frobenius": float(torch.linalg.vector_norm(w)),
+        "norm_2_matricized": float(sigma[0]),
+        "norm_2_operator": op2,
+        "norm_inf": float(nu.max()),
+    }
+
+
+def _alignments(
+    folded: nn.Module,
+    base_rows: dict[str, dict[str, Any]],
+    shapes: dict[str, tuple[int, ...]],
+    mode: str,
+    x: torch.Tensor,
+    s: _Settings,
+    notes: list[str],
+) -> tuple[Any, Alignments, Reasons]:
+    """``(graph, alignments, reasons)`` of every consecutive pair (``graph`` is ``None``,
+    with a note, when the folded model cannot be traced)."""
+    try:
+        graph = trace(folded)
+        pairs = consecutive_pairs(folded)
+    except RobustPruneError as exc:
+        notes.append(f"no alignment: {exc}")
+        return None, {}, {}
+    op_norms = OperatorNorms(folded, shapes, {n: r["norm_2_operator"] for n, r in base_rows.items()})
+    ctx = PairContext(folded, graph, mode, x, s.norms, op_norms, s.alignment_samples)
+    alignments, reasons = pair_alignments(ctx, pairs, progress=s.progress)
+    return graph, alignments, reasons
+
+
+def _finish_row(
+    name: str,
+    base: dict[str, Any],
+    alignments: Alignments,
+    reasons: Reasons,
+) -> LayerRow:
+    """The row with the best alignment of ``name`` with each layer it feeds."""
+    mine = [(b, v) for (a, b), v in alignments.items() if a == name]
+    best: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+    for p in {p for _, values in mine for p in values}:
+        found = [values[p] for _, values in mine if values.get(p) is not None]
+        best[p] = max(found) if found else None  # type: ignore[type-var]
+        if not found:
+            why[p] = next((reasons[(name, b)].get(p, "") for b, _ in mine), "")
+    return LayerRow(**base, next_layers=tuple(b for b, _ in mine), alignment=best, alignment_reason=why)
+
+
+def _row_notes(rows: tuple[LayerRow, ...], layers: list[tuple[str, nn.Module]], conv_norm: str) -> list[str]:
+    """Notes on all-zero layers and on matricized conv norms."""
+    notes = []
+    zero = [r.name for r in rows if r.spectral is None]
+    if zero:
+        notes.append(
+            f"all-zero weights (compressibility undefined, shown as —): {', '.join(zero)}"
+        )
+    if conv_norm == "matricized" and any(isinstance(m, nn.Conv2d) for _, m in layers):
+        notes.append(
+            "conv ||W||_2 is the matricized sigma_max; l2 bounds multiply it by "
+            "sqrt(overlapping taps) to stay valid (conv_norm='operator' for the exact norm)"
+        )
+    return notes
+
+
+def _chain(folded: nn.Module, head: str | None) -> tuple[tuple[str, ...] | None, str]:
+    """The chain's layers when the model is a sequential chain ending in its head, else
+    ``None`` and the reason."""
+    chain = sequential_chain(folded)
+    if not chain.is_chain:
+        return None, chain.reason
+    if head is None:
+        return None, "the model has no classifier head"
+    if chain.layers[-1] != head:  # type: ignore[index]
+        return None, f"the last layer of the chain is not the classifier head '{head}'"
+    return chain.layers, ""
+
+
+def _audit(
+    model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None, s: _Settings
+) -> tuple[dict[str, AuditResult] | None, str]:
+    """The dominant-direction audit for every norm, or the reason it did not run."""
+    if x is None or y is None:
+        return None, "pass labelled data=(x, y) to run the dominant-direction audit"
+    return {p: dominant_direction_audit(model, x, y, delta=s.deltas[p], p=p) for p in s.norms}, ""

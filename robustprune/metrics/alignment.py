@@ -1,0 +1,230 @@
+"""Alignment of consecutive layers (DESIGN.md, "Alignment").
+
+``A_p(l) = max_D ||W^{l+1} D W^l||_p / (||W^{l+1}||_p ||W^l||_p)``, ``D`` the Jacobian of the
+ops between the layers (a binary diagonal mask for a ReLU). Linear pairs with elementwise ops
+between are formed as matrices, exactly; pairs involving a convolution (or pooling) by the
+power iteration of :mod:`robustprune.metrics._lanczos` through the masked composite operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
+from robustprune.layers import LowRankLinear
+from robustprune.metrics._checks import Norm, check_norm
+from robustprune.metrics._lanczos import ALIGNMENT_TOL, START_SEED, power_iteration, start_vector
+from robustprune.metrics.norms import (
+    checked_weight,
+    is_linear_like,
+    jvp,
+    layer_adjoint,
+    linear_part,
+    operator_norm,
+    sample_shape,
+    weight_matrix,
+)
+
+__all__ = ["alignment"]
+
+
+def alignment(
+    layer_a: nn.Module,
+    layer_b: nn.Module,
+    p: Norm | str | float = "2",
+    mode: Literal["data", "identity"] = "data",
+    data: torch.Tensor | None = None,
+    *,
+    through: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    input_shape: Sequence[int] | None = None,
+    max_samples: int = 256,
+    norms: tuple[float, float] | None = None,
+    tol: float = ALIGNMENT_TOL,
+    max_iter: int = 300,
+) -> float:
+    """Alignment ``A_p = max_D ||W_b D W_a||_p / (||W_b||_p ||W_a||_p)`` of consecutive layers.
+
+    ``D`` is the Jacobian of the ops between the layers (for a ReLU, the binary diagonal
+    mask of active units). ``mode="data"`` takes the max over the masks observed on ``data``
+    (the *inputs of layer_a*, up to ``max_samples`` of them); ``mode="identity"`` uses
+    ``D = I`` (the activation replaced by the identity). In (0, 1] whenever the ops between
+    are 1-Lipschitz (ReLU masks, average or non-overlapping max pooling, flattening).
+
+    ``through`` maps layer_a's output to layer_b's input; default: ReLU in data mode, the
+    identity in identity mode, followed by flattening when a conv feeds a Linear. In identity
+    mode pass only the linear ops (the activation is what ``D = I`` replaces). ``norms``
+    optionally gives precomputed ``(||W_a||_p, ||W_b||_p)`` (for convolutions: the operator
+    norms at the input sizes seen here).
+
+    Computation: Linear pairs with elementwise ops between are formed as matrices
+    ``W_b diag(d) W_a`` (``d`` = the elementwise Jacobian, deduplicated over samples), l2 by
+    batched ``matrix_norm`` and l-infinity by row sums, exactly. Pairs involving a conv (or
+    non-elementwise ops such as pooling) are measured by batched power iteration through the
+    masked composite operator ``v -> W_b J(z) W_a v`` built from the actual modules with
+    ``torch.func.jvp``/``vjp`` (``z`` = layer_a's output on each sample), and the norms in
+    the denominator are the operator norms at the same input sizes (``tol`` relative: the
+    cost is one batch of forward and adjoint convolutions per step, so data mode on large
+    convolutions is best run on a GPU or with fewer samples). The l-infinity value of
+    such a composite needs every row of a position-dependent operator and is not computed:
+    a :class:`ModelNotSupportedError` says so.
+    """
+    p = check_norm(p)
+    if mode not in ("data", "identity"):
+        raise InvalidArgumentError(f"mode must be 'data' or 'identity', got {mode!r}.")
+    if max_samples < 1:
+        raise InvalidArgumentError(f"max_samples must be >= 1, got {max_samples}.")
+    for layer in (layer_a, layer_b):
+        checked_weight(layer)  # validates type, emptiness, finiteness
+    ref = layer_a.weight if not isinstance(layer_a, LowRankLinear) else layer_a.a.weight
+    x = _alignment_inputs(layer_a, mode, data, input_shape, max_samples, ref)
+    user_through = through if through is not None else _default_through(layer_a, layer_b, mode)
+
+    def through(z: torch.Tensor) -> torch.Tensor:  # never lets an in-place op touch z
+        return user_through(z.clone())
+
+    z0, zb = _pair_outputs(layer_a, layer_b, through, x)
+    diag = _elementwise_jacobian(through, z0) if is_linear_like(layer_a) and is_linear_like(layer_b) else None
+    if diag is not None:
+        num = _matrix_alignment_numerator(layer_a, layer_b, diag, p)
+        if norms is None:
+            norms = (operator_norm(layer_a, p), operator_norm(layer_b, p))
+    else:
+        if p == "inf":
+            raise ModelNotSupportedError(
+                "The l-infinity alignment of a pair involving a convolution or pooling is not "
+                "computed: its row sums vary with position and mask. Use p='2'."
+            )
+        num = _operator_alignment_numerator(layer_a, layer_b, through, x, z0, tol, max_iter)
+        if norms is None:
+            norms = (_operator_l2(layer_a, x, tol, max_iter), _operator_l2(layer_b, zb[:1], tol, max_iter))
+    den = float(norms[0]) * float(norms[1])
+    if den == 0:
+        raise InvalidArgumentError("A layer has an all-zero weight: alignment is undefined.")
+    return float(num / den)
+
+
+def _alignment_inputs(
+    layer_a: nn.Module,
+    mode: str,
+    data: torch.Tensor | None,
+    input_shape: Sequence[int] | None,
+    max_samples: int,
+    ref: torch.Tensor,
+) -> torch.Tensor:
+    if data is not None:
+        x = torch.as_tensor(data)
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise InvalidArgumentError(
+                f"data must be a batch of layer_a's inputs (N, ...), got shape {tuple(x.shape)}."
+            )
+        return x[:max_samples].detach().to(device=ref.device, dtype=ref.dtype)
+    if mode == "data":
+        raise InvalidArgumentError(
+            "mode='data' needs data= (a batch of layer_a's inputs); or use mode='identity'."
+        )
+    if is_linear_like(layer_a):
+        d = layer_a.in_features
+        return torch.zeros(1, d, device=ref.device, dtype=ref.dtype)
+    shape = sample_shape(layer_a, input_shape)
+    return torch.zeros(1, *shape, device=ref.device, dtype=ref.dtype)
+
+
+def _pair_outputs(
+    layer_a: nn.Module, layer_b: nn.Module, through: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z0, zb)``: layer_a's output on ``x`` and layer_b's input, checked to fit layer_b."""
+    with torch.no_grad():
+        z0 = layer_a(x)
+        try:
+            zb = through(z0)
+            layer_b(zb)
+        except (RuntimeError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"layer_b does not accept layer_a's output after `through` ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}); pass the ops between them as through=."
+            ) from exc
+    return z0, zb
+
+
+def _default_through(layer_a: nn.Module, layer_b: nn.Module, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    flatten = isinstance(layer_a, nn.Conv2d) and is_linear_like(layer_b)
+    if mode == "data":
+        return (lambda z: torch.relu(z).flatten(1)) if flatten else torch.relu
+    return (lambda z: z.flatten(1)) if flatten else (lambda z: z)
+
+
+def _elementwise_jacobian(
+    through: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor
+) -> torch.Tensor | None:
+    """The diagonal of ``through``'s Jacobian at each sample when it is elementwise
+    (ReLU-like, dropout, folded BN), else ``None``."""
+    with torch.no_grad():
+        out = through(z0)
+        if out.shape != z0.shape or z0.ndim != 2:
+            return None
+        diag = jvp(through, z0, torch.ones_like(z0))
+        g = torch.Generator().manual_seed(START_SEED)
+        probe = torch.randn(z0.shape, generator=g, dtype=torch.float32).to(z0)
+        if not torch.allclose(jvp(through, z0, probe), diag * probe, rtol=1e-4, atol=1e-6):
+            return None
+    return diag
+
+
+def _matrix_alignment_numerator(
+    layer_a: nn.Module, layer_b: nn.Module, diag: torch.Tensor, p: str
+) -> float:
+    wa, wb = weight_matrix(layer_a), weight_matrix(layer_b)
+    masks = torch.unique(diag.to(torch.float64), dim=0)
+    # chunk the (n_masks, h_b, d_a) stack to ~2^24 entries
+    chunk = max(1, (1 << 24) // max(1, wb.shape[0] * wa.shape[1]))
+    best = 0.0
+    for start in range(0, masks.shape[0], chunk):
+        prod = (wb.unsqueeze(0) * masks[start : start + chunk].unsqueeze(1)) @ wa
+        if p == "2":
+            value = torch.linalg.matrix_norm(prod, ord=2).max()
+        else:
+            value = prod.abs().sum(dim=2).max()
+        best = max(best, float(value))
+    return best
+
+
+def _operator_l2(layer: nn.Module, x: torch.Tensor, tol: float, max_iter: int) -> float:
+    if is_linear_like(layer):
+        return operator_norm(layer, "2")
+    return operator_norm(layer, "2", tuple(x.shape[1:]), mode="operator", tol=tol, max_iter=max_iter)
+
+
+def _operator_alignment_numerator(
+    layer_a: nn.Module,
+    layer_b: nn.Module,
+    through: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    z0: torch.Tensor,
+    tol: float,
+    max_iter: int,
+) -> float:
+    lin_a, lin_b = linear_part(layer_a), linear_part(layer_b)
+    # samples per chunk so that the Krylov basis stays under ~1 GiB of float32
+    chunk = max(1, (1 << 28) // max(1, x[0].numel() * max_iter))
+    best = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk):
+            xs, zs = x[start : start + chunk], z0[start : start + chunk]
+            adj_a = layer_adjoint(layer_a, xs)
+            _, vjp_t = torch.func.vjp(through, zs)
+            adj_b = layer_adjoint(layer_b, through(zs))
+
+            def forward(v: torch.Tensor, zs: torch.Tensor = zs) -> torch.Tensor:
+                return lin_b(jvp(through, zs, lin_a(v)))
+
+            def adjoint(u: torch.Tensor, adj_a=adj_a, vjp_t=vjp_t, adj_b=adj_b) -> torch.Tensor:
+                return adj_a(vjp_t(adj_b(u))[0])
+
+            v0 = start_vector((1, *xs.shape[1:]), xs).expand_as(xs).contiguous()
+            sigma, _ = power_iteration(forward, adjoint, v0, tol=tol, max_iter=max_iter)
+            best = max(best, float(sigma.max()))
+    return best

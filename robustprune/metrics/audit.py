@@ -1,0 +1,172 @@
+"""The dominant-direction audit (DESIGN.md, "Dominant-direction audit").
+
+Perturb every input by ``+-delta * sign(v_1)`` (l-infinity) or ``+-delta * v_1`` (l2),
+``v_1`` the top right singular vector of the first layer as a map of the raw input, and
+report the accuracy under this single universal, data-free perturbation; compressible
+models fail it first. :mod:`robustprune.analysis.audit` re-exports it (it lives in metrics
+so that ``robustprune.metrics`` keeps exporting it without importing the analysis package).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
+from robustprune.layers import first_layer
+from robustprune.metrics._checks import Norm, check_budget, check_norm
+from robustprune.metrics._lanczos import POWER_TOL, power_iteration, start_vector
+from robustprune.metrics.norms import jvp
+
+__all__ = ["AuditResult", "top_input_direction", "dominant_direction_audit"]
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Accuracy under the universal, data-free perturbation ``x +- delta * s`` with ``s`` the
+    (sign of the) top right singular vector of the first layer; ``accuracy`` counts a point
+    only when it survives both signs. ``random_accuracy`` is the same for a random direction
+    of the same norm (a control: a compressible model fails the dominant direction first)."""
+
+    p: str
+    delta: float
+    n: int
+    clean_accuracy: float
+    accuracy_plus: float
+    accuracy_minus: float
+    accuracy: float
+    random_accuracy: float
+    top_singular_value: float
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _first_layer_map(model: nn.Module, layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> first layer's output`` (the forward stops right after that layer)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            captured["out"] = out
+            raise _StopForward
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            model(x)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "out" not in captured:
+            raise ModelNotSupportedError("The model's forward never reached its first layer.")
+        return captured["out"]
+
+    return fn
+
+
+def top_input_direction(
+    model: nn.Module, input_shape: Sequence[int], *, tol: float = POWER_TOL, max_iter: int = 300
+) -> tuple[torch.Tensor, float]:
+    """``(v_1, sigma_1)``: the top right singular vector (unit l2, shape ``input_shape``) of the
+    first layer as a linear map of the raw input (input normalization included), by power
+    iteration through the model's own forward up to that layer. Deterministic."""
+    found = first_layer(model)
+    if found is None:
+        raise ModelNotSupportedError("The model has no Linear or Conv2d layer.")
+    _, layer = found
+    shape = tuple(int(s) for s in input_shape)
+    ref = next(model.parameters())
+    fn = _first_layer_map(model, layer)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x0 = torch.full((1, *shape), 0.5, device=ref.device, dtype=ref.dtype)
+            _, vjp_fn = torch.func.vjp(fn, x0)
+
+            def forward(v: torch.Tensor) -> torch.Tensor:
+                return jvp(fn, x0, v)
+
+            v0 = start_vector((1, *shape), ref)
+            sigma, v = power_iteration(forward, lambda u: vjp_fn(u)[0], v0, tol=tol, max_iter=max_iter)
+    finally:
+        model.train(was_training)
+    return v[0], float(sigma[0])
+
+
+def dominant_direction_audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    delta: float,
+    p: Norm | str | float = "inf",
+    seed: int = 0,
+    batch_size: int = 256,
+) -> AuditResult:
+    """Accuracy under ``x +- delta * sign(v_1)`` (l-infinity) or ``x +- delta * v_1`` (l2),
+    ``v_1`` the top right singular vector of the first layer (see :func:`top_input_direction`);
+    perturbed inputs are clipped to [0, 1]. One universal, data-free direction for all
+    inputs; compressible models fail it first. Runs the model in eval mode and restores its
+    mode; the global RNG is untouched (the control direction uses a local generator)."""
+    p = check_norm(p)
+    check_budget(delta)
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if x.ndim < 2 or x.shape[0] == 0 or y.shape != x.shape[:1]:
+        raise InvalidArgumentError(
+            f"The audit needs inputs (N, ...) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
+    ref = next(model.parameters())
+    x, y = x.to(device=ref.device, dtype=ref.dtype), y.to(ref.device)
+    v1, sigma1 = top_input_direction(model, tuple(x.shape[1:]))
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.randn(tuple(x.shape[1:]), generator=g, dtype=torch.float32).to(v1)
+    if p == "inf":
+        direction, control = torch.sign(v1), torch.sign(rand)
+    else:
+        direction, control = v1 / v1.norm(), rand / rand.norm()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            clean, plus, minus, both, rboth = [], [], [], [], []
+            for start in range(0, x.shape[0], batch_size):
+                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+
+                def correct(shift: torch.Tensor | None, xb=xb, yb=yb) -> torch.Tensor:
+                    inp = xb if shift is None else (xb + shift).clamp(0.0, 1.0)
+                    return model(inp).argmax(dim=1) == yb
+
+                c_plus, c_minus = correct(delta * direction), correct(-delta * direction)
+                clean.append(correct(None))
+                plus.append(c_plus)
+                minus.append(c_minus)
+                both.append(c_plus & c_minus)
+                rboth.append(correct(delta * control) & correct(-delta * control))
+    finally:
+        model.train(was_training)
+
+    def acc(parts: list[torch.Tensor]) -> float:
+        return float(torch.cat(parts).double().mean())
+
+    return AuditResult(
+        p=p,
+        delta=float(delta),
+        n=int(x.shape[0]),
+        clean_accuracy=acc(clean),
+        accuracy_plus=acc(plus),
+        accuracy_minus=acc(minus),
+        accuracy=acc(both),
+        random_accuracy=acc(rboth),
+        top_singular_value=sigma1,
+    )

@@ -1,0 +1,131 @@
+"""Lipschitz, gap and certification bounds (DESIGN.md, "Lipschitz bound", "Gap bound").
+
+Naive bound ``prod_l ||W^l||_p`` (always valid); aligned bound: layers grouped in disjoint
+consecutive pairs, each contributing ``A_p(l) ||W^{l+1}||_p ||W^l||_p`` (an upper bound with
+the exact max over masks, an estimate with data masks); gap bound
+``delta * L_p(Phi) * ||C||_(p->p)``; certified fraction from logit margins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from robustprune.errors import InvalidArgumentError
+from robustprune.metrics._checks import check_budget
+
+__all__ = [
+    "naive_lipschitz_bound",
+    "aligned_lipschitz_bound",
+    "gap_bound",
+    "logit_margins",
+    "certified_fraction",
+]
+
+
+def naive_lipschitz_bound(norms: Sequence[float], between: Sequence[float] | None = None) -> float:
+    """``L_naive = prod_l ||W^l||_p`` (times the Lipschitz factors ``between[l]`` of the ops
+    after layer ``l``, all 1 for ReLU, pooling and flattening): always a valid upper bound."""
+    values = _check_norms(norms)
+    result = math.prod(values)
+    return float(result * math.prod(_check_between(between, len(values))))
+
+
+def aligned_lipschitz_bound(
+    norms: Sequence[float],
+    alignments: Sequence[float | None],
+    between: Sequence[float] | None = None,
+) -> float:
+    """Layers grouped in disjoint consecutive pairs (1, 2), (3, 4), ...; each pair contributes
+    ``A_p(l) ||W^{l+1}||_p ||W^l||_p`` and an unpaired last layer its own norm.
+
+    ``alignments[l]`` is ``A_p`` of layers ``l`` and ``l + 1`` (only even ``l`` are used; the
+    others may be ``None``); it already includes the ops between the pair, so ``between[l]``
+    enters only for the gaps between pairs and after the last layer. With the exact max over
+    masks this is an upper bound; with data masks it is an estimate."""
+    values = _check_norms(norms)
+    factors = _check_between(between, len(values))
+    if len(alignments) != max(0, len(values) - 1):
+        raise InvalidArgumentError(
+            f"alignments must have one entry per consecutive pair ({len(values) - 1}), got "
+            f"{len(alignments)}."
+        )
+    result = 1.0
+    for i in range(0, len(values), 2):
+        if i + 1 < len(values):
+            a = alignments[i]
+            if a is None or not math.isfinite(float(a)) or float(a) < 0:
+                raise InvalidArgumentError(f"alignment of pair ({i}, {i + 1}) is missing or invalid: {a}.")
+            result *= float(a) * values[i] * values[i + 1]
+            gap = i + 1
+        else:
+            result *= values[i]
+            gap = i
+        if gap < len(factors):
+            result *= factors[gap]
+    return float(result)
+
+
+def gap_bound(delta: float, lipschitz: float, head_norm: float) -> float:
+    """Adversarial gap bound (paper, Corollary 3.3): ``Delta_p <= delta * L_p(Phi) * ||C||_(p->p)``."""
+    return check_budget(delta) * float(lipschitz) * float(head_norm)
+
+
+def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``f_y(x) - max_{j != y} f_j(x)`` per sample (negative when misclassified)."""
+    logits = torch.as_tensor(logits).detach().to(torch.float64)
+    labels = torch.as_tensor(labels).to(device=logits.device, dtype=torch.long)
+    if logits.ndim != 2 or logits.shape[1] < 2 or labels.shape != logits.shape[:1]:
+        raise InvalidArgumentError(
+            f"logits must be (N, C>=2) with labels (N,), got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}."
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise InvalidArgumentError(f"labels must be in [0, {logits.shape[1] - 1}].")
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def certified_fraction(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    delta: float,
+    lipschitz: float,
+    head_norm: float,
+) -> float:
+    """Fraction of points whose logit margin exceeds ``2 * delta * L * ||C||_(p->p)``.
+
+    With a valid (naive) ``L`` of the encoder and the head's operator norm, no perturbation
+    of size ``delta`` can change the logits by more than ``delta L ||C||`` in l-infinity, so
+    these points are provably robust: the fraction never exceeds robust accuracy."""
+    margins = logit_margins(logits, labels)
+    if margins.numel() == 0:
+        raise InvalidArgumentError("certified_fraction needs at least one sample.")
+    threshold = 2.0 * gap_bound(delta, lipschitz, head_norm)
+    return float((margins > threshold).double().mean())
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_norms(norms: Sequence[float], what: str = "layer norms") -> list[float]:
+    values = [float(n) for n in norms]
+    if any(not math.isfinite(n) or n < 0 for n in values):
+        raise InvalidArgumentError(f"{what} must be finite and non-negative, got {values}.")
+    return values
+
+
+def _check_between(between: Sequence[float] | None, n_layers: int) -> list[float]:
+    if between is None:
+        return []
+    values = _check_norms(between, "between-layer Lipschitz factors")
+    if len(values) not in (max(0, n_layers - 1), n_layers):
+        raise InvalidArgumentError(
+            f"between must have one factor per gap between layers ({n_layers - 1}) or one "
+            f"more for the ops after the last layer ({n_layers}), got {len(values)}."
+        )
+    return values
