@@ -212,11 +212,13 @@ def _factorized(g: GroupPlan) -> bool:
 
 
 def _singular_values(name: str, layer: nn.Module) -> torch.Tensor:
-    """σ of the matricized weight, descending, float64 (:func:`robustprune.metrics.singular_values`)."""
+    """σ of the matricized weight, descending, float64 (:func:`robustprune.metrics.singular_values`,
+    given the tall orientation ``W^T`` of a wide ``W``: the same σ, and LAPACK's ``svdvals``
+    is ~5x faster on it)."""
     w = matricize(layer).detach()
     if not torch.isfinite(w).all():
         raise PruningError(f"Layer '{name}' has non-finite weights; cannot factorize it.")
-    return singular_values(w)
+    return singular_values(w if w.shape[0] >= w.shape[1] else w.T)
 
 
 def _replace_all(model: nn.Module, replacements: Mapping[str, nn.Module]) -> None:
