@@ -6,8 +6,9 @@ arguments, the input shape, the pruning history recorded by the pruners
 state dict, user metadata and library versions. :func:`load_pruned` reads it with
 ``torch.load(weights_only=True)``, rebuilds the architecture with
 :func:`robustprune.models.create_model`, replays the history and loads the weights, so the
-loaded model reproduces the saved one's outputs bit for bit. Writes are atomic: a temporary
-file in the same directory is fsynced, then renamed over the destination.
+loaded model reproduces the saved one's outputs bit for bit. Writes are atomic
+(:func:`robustprune._io.atomic_torch_save`: a temporary file in the same directory is
+fsynced, then renamed over the destination).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import importlib.metadata
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustprune._io import atomic_torch_save
 from robustprune.errors import InvalidArgumentError, RobustPruneError
 from robustprune.models import create_model, model_spec
 
@@ -90,7 +91,9 @@ def save_pruned(
         "meta": _plain(dict(meta or {}), "meta"),
         "versions": _versions(),
     }
-    return _atomic_save(payload, Path(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_torch_save(payload, path)
 
 
 def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> nn.Module:
@@ -116,7 +119,7 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device |
             f"'{path}' uses checkpoint format {payload['version']}; this robustprune reads up to "
             f"{FORMAT_VERSION}. Upgrade robustprune."
         )
-    from robustprune.pruners.base import replay_history
+    from robustprune.pruners.history import replay_history
 
     kwargs = dict(payload.get("arch_kwargs") or {})
     shape = payload.get("input_shape")
@@ -139,24 +142,6 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device |
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _plain(value: Any, where: str) -> Any:

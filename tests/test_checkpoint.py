@@ -14,15 +14,6 @@ from robustprune.checkpoint import CheckpointError, load_pruned, save_pruned
 from robustprune.errors import InvalidArgumentError
 from robustprune.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # (model name, input shape, create kwargs, pruning steps)
 ROUND_TRIPS = {
     "resnet18-cifar: epsilon then fixed": (

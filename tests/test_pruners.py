@@ -16,7 +16,7 @@ from torch import nn
 
 import robustprune as rp
 from robustprune.errors import ModelNotSupportedError, PruningError, RobustPruneError
-from robustprune.metrics import k_for_eps, relative_residual
+from robustprune.metrics import k_for_eps, relative_residual, residual_curve
 from robustprune.models import create_model
 from robustprune.pruners import (
     EpsilonPruner,
@@ -26,7 +26,7 @@ from robustprune.pruners import (
     count_macs_params,
     infer_example_inputs,
 )
-from robustprune.pruners.epsilon import residual_curve
+from robustprune.pruners.tracing import trace_model
 
 # one case per architecture family; small inputs keep the big ones fast
 MODEL_CASES = {
@@ -39,16 +39,6 @@ MODEL_CASES = {
     "timm:convnext_atto": ("timm:convnext_atto", (3, 64, 64), {}),
     "timm:vit_tiny_patch16_224": ("timm:vit_tiny_patch16_224", (3, 32, 32), {}),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tracing and pruning are latency-bound: on shared CPUs a second intra-op thread only
-    adds spin-waiting (measured 5x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -464,17 +454,21 @@ def test_pruning_twice_accumulates_history():
 
 @pytest.mark.parametrize("case", ["resnet18-cifar", "torchvision:mobilenet_v3_small", "timm:convnext_atto", "timm:vit_tiny_patch16_224"])
 def test_shape_only_meta_tracing_finds_the_same_groups_and_macs_as_real_tracing(case, monkeypatch):
-    from robustprune.pruners import base
+    from robustprune.pruners import tracing
 
     name, shape, kw = MODEL_CASES[case]
     model = create_model(name, input_shape=shape, **kw)
     x = torch.rand(1, *shape)
-    plans = {}
-    for meta in (True, False):
-        monkeypatch.setattr(base, "_prefer_meta", lambda *_, m=meta: m)
-        plan = EpsilonPruner(eps=0.5).plan(model, x)
-        assert plan._cache._trace.meta is meta
-        plans[meta] = plan
+    traces = {meta: trace_model(model, x, meta=meta) for meta in (True, False)}
+    assert traces[True].meta is True and traces[False].meta is False  # no silent fallback
+    assert (traces[True].macs, traces[True].params) == (traces[False].macs, traces[False].params)
+    plans, reports = {}, {}
+    for meta in (True, False):  # plan and apply (reusing the plan's trace) in each mode
+        monkeypatch.setattr(tracing, "prefer_meta", lambda *_, m=meta: m)
+        twin = copy.deepcopy(model)
+        plans[meta] = EpsilonPruner(eps=0.5).plan(twin, x)
+        reports[meta] = EpsilonPruner(eps=0.5).apply(twin, plans[meta])
+
     def structure(plan):
         return [(g.name, g.layers, g.total, g.keep, g.root_out, g.channel_groups) for g in plan.groups]
 
@@ -482,8 +476,8 @@ def test_shape_only_meta_tracing_finds_the_same_groups_and_macs_as_real_tracing(
     for g, h in zip(plans[True].groups, plans[False].groups):  # scores agree up to float32 sum order
         assert g.eps == pytest.approx(h.eps, abs=1e-6) and g.beta == pytest.approx(h.beta, abs=1e-6)
     assert (plans[True].macs_before, plans[True].params_before) == (plans[False].macs_before, plans[False].params_before)
-    reports = {meta: EpsilonPruner(eps=0.5).apply(copy.deepcopy(model), plans[meta]) for meta in (True, False)}
     assert reports[True].macs_after == reports[False].macs_after
+    assert reports[True].params_after == reports[False].params_after
 
 
 def test_count_macs_params_matches_torch_pruning_counter():

@@ -2,6 +2,15 @@
 
 ``prune(model, eps=0.05)`` is the one-line entry point; the pruner classes expose
 ``plan(model, example_inputs) -> Plan`` and ``apply(model, plan) -> PruningReport``.
+``ChannelPruner(rule)`` prunes channels by any :class:`Rule` (rules.py); ``PRUNERS`` maps
+each ``method`` name to its class.
+
+Layout: plan.py (the data), base.py (the Pruner base), channel.py (ChannelPruner),
+rules.py (how many channels each group keeps), importance.py (channel scores -> theta),
+groups.py / tracing.py / surgery.py / attention.py (the channel machinery), counting.py
+(MACs/params), search.py (target MACs), spectral.py + factorize.py (low rank), history.py
+(recorded steps and their replay), _tp.py (every use of torch-pruning), epsilon.py and
+baselines.py (the public channel pruners).
 """
 
 from __future__ import annotations
@@ -11,22 +20,18 @@ from typing import Any
 
 from torch import nn
 
+from robustprune._inputs import Inputs, infer_example_inputs
 from robustprune.errors import InvalidArgumentError, UnknownNameError
-from robustprune.pruners.base import (
-    ChannelPruner,
-    GroupL2Importance,
-    GroupPlan,
-    Inputs,
-    Plan,
-    Pruner,
-    PruningReport,
-    ReportRow,
-    count_macs_params,
-    infer_example_inputs,
-    replay_history,
-)
+from robustprune.pruners.base import Pruner
 from robustprune.pruners.baselines import FixedRatioPruner, GlobalMagnitudePruner
+from robustprune.pruners.channel import ChannelPruner
+from robustprune.pruners.counting import count_macs_params
 from robustprune.pruners.epsilon import EpsilonPruner
+from robustprune.pruners.groups import Group
+from robustprune.pruners.history import replay_history
+from robustprune.pruners.importance import GroupL2Importance, Importance
+from robustprune.pruners.plan import GroupPlan, Plan, PruningReport, ReportRow
+from robustprune.pruners.rules import EpsilonRule, FixedRatioRule, GlobalMagnitudeRule, Rule
 from robustprune.pruners.spectral import SpectralPruner
 
 __all__ = [
@@ -43,9 +48,16 @@ __all__ = [
     "PruningReport",
     "ReportRow",
     "GroupL2Importance",
+    "Importance",
+    "Rule",
+    "EpsilonRule",
+    "FixedRatioRule",
+    "GlobalMagnitudeRule",
+    "Group",
     "count_macs_params",
     "infer_example_inputs",
     "replay_history",
+    "Inputs",
 ]
 
 #: ``method`` name -> pruner class
