@@ -21,12 +21,10 @@ from torch import nn
 from robustprune._inputs import Inputs, resolve_example_inputs
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners._checks import check_fraction, check_ignored, ignored_names
-from robustprune.pruners.counting import count_macs_params
 from robustprune.pruners.history import record_step
 from robustprune.pruners.plan import Plan, PruningReport, format_value
 
-# ``count_macs_params`` is re-exported for ``robustprune.evaluate``, which imports it from here
-__all__ = ["Pruner", "count_macs_params"]
+__all__ = ["Pruner"]
 
 
 class Pruner(abc.ABC):
