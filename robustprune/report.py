@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robustprune._io import atomic_write
 from robustprune.errors import RecipeError
 
 __all__ = [
@@ -278,10 +279,10 @@ def plot_pareto(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str], *,
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(path)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -296,7 +297,7 @@ def render_report(run_dir: str | os.PathLike[str]) -> str:
         raise RecipeError(f"'{d / RESULTS_FILE}' has no rows yet; nothing to report.")
     title = _run_title(d)
     text = summary_markdown(rows, title=title, notes=_notes(rows))
-    _atomic_write(d / SUMMARY_FILE, text)
+    atomic_write(d / SUMMARY_FILE, text)
     plot_pareto(rows, d / PARETO_FILE, title=title)
     return text
 
@@ -329,9 +330,3 @@ def _fmt_eps(eps: float) -> str:
     if len(text) > 6 and abs(eps * 255 - round(eps * 255)) < 1e-6:
         return f"{round(eps * 255)}/255"
     return text
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

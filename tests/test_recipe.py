@@ -22,6 +22,7 @@ from robustprune.recipe import (
     parse_recipe,
     plan_jobs,
     to_toml,
+    variants,
 )
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
@@ -294,12 +295,12 @@ def test_sweep_makes_one_variant_per_value_with_its_own_dense_models(tmp_path: P
     text = MINIMAL.replace("[train]\nepochs = 1", "[train]\nepochs = 1\nregularizers = [{ kind = \"nuclear\", weight = 0.0 }]")
     text += '[sweep]\n"train.regularizers.0.weight" = { label = "lambda", values = [0.0, 0.01] }\n'
     recipe = load_recipe(write(tmp_path, text))
-    variants = recipe.variants()
-    assert [name for name, _ in variants] == ["lambda=0", "lambda=0.01"]
-    assert [v.train.regularizers[0].weight for _, v in variants] == [0.0, 0.01]
+    found = variants(recipe)
+    assert [name for name, _ in found] == ["lambda=0", "lambda=0.01"]
+    assert [v.train.regularizers[0].weight for _, v in found] == [0.0, 0.01]
     dense = [j.id for j in plan_jobs(recipe) if j.label == "dense"]
     assert dense == ["v0/seed0/dense", "v1/seed0/dense"]
-    assert isinstance(variants[0][1], Recipe)
+    assert isinstance(found[0][1], Recipe)
 
 
 def test_sweep_values_are_validated_when_loading(tmp_path: Path) -> None:
@@ -386,17 +387,6 @@ def _stable(row: dict) -> dict:
             "final_test_accuracy": row["fit"]["final_test_accuracy"],
         }
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run fastest on one thread (and do not fight parallel test jobs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

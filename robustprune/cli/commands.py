@@ -1,0 +1,202 @@
+"""The subcommands of ``robustprune``: each takes the parsed arguments, prints its result
+and returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustprune._inputs import resolve_example_inputs
+from robustprune.analysis import analyze
+from robustprune.checkpoint import load_pruned, save_pruned
+from robustprune.data import create_loaders, dataset_info, list_datasets
+from robustprune.errors import InvalidArgumentError, RecipeError
+from robustprune.models import create_model, list_models
+from robustprune.pruners import PRUNERS, prune
+from robustprune.recipe import describe_plan, load_recipe, parse_override, run_recipe
+from robustprune.recipe.checks import method_settings
+from robustprune.recipe.measure import evaluate
+from robustprune.report import render_report
+
+__all__ = ["cmd_list", "cmd_run", "cmd_analyze", "cmd_prune", "cmd_eval", "cmd_report"]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``robustprune list models|datasets [PATTERN]``."""
+    names = list_models(args.pattern) if args.what == "models" else list_datasets(args.pattern)
+    print("\n".join(names))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``robustprune run RECIPE``: the summary of the run (or, with --dry-run, the plan)."""
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        print(recipe.to_toml())
+        print(describe_plan(recipe))
+        return 0
+    result = run_recipe(
+        recipe,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if result.is_main:
+        print(result.summary)
+        print(f"Wrote {result.run_dir}/ (config.toml, results.jsonl, summary.md, pareto.png, checkpoints/)")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """``robustprune analyze``: the analysis report of a checkpoint or a registered model."""
+    if args.checkpoint:
+        model, meta = _load_checkpoint(args.checkpoint)
+        data_name, data_opts = _data_choice(args, meta)
+    else:
+        data_name, data_opts = _data_choice(args, {})
+        info = dataset_info(data_name, **data_opts)
+        model = create_model(
+            args.model, num_classes=info.num_classes, input_shape=info.input_shape,
+            mean=info.mean, std=info.std, **_options(args.model_option, "--model-option"),
+        )
+    batch = None
+    if args.n_examples and args.n_examples > 0:
+        batch = _test_batch(data_name, data_opts, args.n_examples)
+    report = analyze(
+        model.eval(),
+        example_inputs=resolve_example_inputs(model, data_example=batch[0] if batch else None),
+        data=batch,
+        norms=tuple(args.norms),
+        conv_norm=args.conv_norm,
+        eps=args.eps,
+        delta=args.delta,
+        max_samples=max(1, args.n_examples),
+    )
+    _print_report(report, args.format)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``robustprune prune``: prune a checkpoint and save the smaller model."""
+    model, meta = _load_checkpoint(args.checkpoint)
+    kwargs: dict[str, Any] = {"method": args.method}
+    if args.eps is not None:
+        kwargs["eps"] = args.eps
+    if args.target_macs is not None:
+        kwargs["target_macs"] = args.target_macs
+    if args.ratio is not None:
+        if "ratio" not in method_settings(args.method):
+            takers = [m for m in PRUNERS if "ratio" in method_settings(m)]
+            raise InvalidArgumentError(
+                f"--ratio applies to --method {' or '.join(takers)}; use --eps or --target-macs."
+            )
+        kwargs["ratio"] = args.ratio
+    if args.round_to is not None:
+        kwargs["round_to"] = args.round_to
+    with torch.enable_grad():
+        report = prune(model, **kwargs)  # example inputs inferred from the checkpoint's model
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new_meta = {**meta, "pruned_from": str(args.checkpoint), "prune_report": report.to_dict()}
+    save_pruned(model, out, meta=new_meta)
+    _print_report(report, args.format)
+    print(f"Saved {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``robustprune eval``: clean and robust accuracy, MACs, params and latency."""
+    model, meta = _load_checkpoint(args.checkpoint)
+    data_name, data_opts = _data_choice(args, meta)
+    loaders = create_loaders(data_name, batch_size=args.batch_size, **data_opts)
+    attacks: Any = args.attacks[0] if args.attacks == ["standard"] else tuple(args.attacks)
+    result = evaluate(
+        model,
+        loaders.test,
+        norm=args.norm,
+        eps=args.eps,
+        attacks=attacks,
+        n_examples=args.n_examples,
+        latency=not args.no_latency,
+        device=args.device,
+        seed=args.seed,
+        n_iter=args.n_iter,
+        batch_size=args.batch_size,
+    )
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(result)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``robustprune report RUN_DIR``: re-render and print the summary."""
+    text = render_report(args.run_dir)
+    print(text)
+    print(f"Wrote {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'pareto.png'}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _print_report(report: Any, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    elif fmt == "markdown":
+        print(report.to_markdown())
+    else:
+        print(report)
+
+
+def _options(items: Sequence[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        try:
+            key, value = parse_override(item)
+        except RecipeError as exc:
+            raise InvalidArgumentError(f"{flag} {item}: {str(exc).split(': ', 1)[-1]}") from None
+        out[key] = value
+    return out
+
+
+def _load_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
+    if not Path(path).is_file():
+        raise InvalidArgumentError(f"Checkpoint '{path}' does not exist.")
+    model = load_pruned(path, map_location="cpu")
+    meta = dict(getattr(model, "robustprune_meta", None) or {})
+    return model, meta
+
+
+def _data_choice(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    opts = _options(args.data_option, "--data-option")
+    if args.data:
+        return args.data, opts
+    recorded = meta.get("data")
+    if isinstance(recorded, dict) and recorded.get("name"):
+        return str(recorded["name"]), {**dict(recorded.get("options", {})), **opts}
+    if args.command == "eval":
+        raise InvalidArgumentError(
+            "This checkpoint does not record its dataset; pass --data NAME (see `robustprune list datasets`)."
+        )
+    return "digits", opts
+
+
+def _test_batch(name: str, options: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    loaders = create_loaders(name, batch_size=min(n, 256), **options)
+    xs, ys, total = [], [], 0
+    for x, y in loaders.test:
+        xs.append(x)
+        ys.append(y)
+        total += len(y)
+        if total >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]

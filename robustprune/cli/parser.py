@@ -1,0 +1,187 @@
+"""The command line of ``robustprune``: one small function per subcommand. The choices
+(pruning methods, norms, attacks) come from the library's registries."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from robustprune import __version__
+from robustprune.attacks import ATTACKS, NORMS
+from robustprune.cli.commands import cmd_analyze, cmd_eval, cmd_list, cmd_prune, cmd_report, cmd_run
+from robustprune.pruners import PRUNERS
+from robustprune.recipe.checks import ANALYSIS_NORMS, CONV_NORMS, method_settings
+
+__all__ = ["build_parser"]
+
+_EPILOG_RUN = """\
+examples:
+  robustprune run recipes/digits-cnn.toml
+  robustprune run recipes/digits-cnn.toml --set seeds=[0] --set prune.eps=[0.02,0.05]
+  robustprune run recipes/cifar10-resnet18.toml --set data.name=synthetic --set train.epochs=1
+  robustprune run recipes/digits-cnn.toml --resume          # continue the latest run
+  torchrun --nproc_per_node=4 -m robustprune.cli run recipes/cifar10-resnet18.toml
+
+--set KEY=VALUE takes a dotted key and a TOML value; inside [[prune]] entries the next part
+is an index (prune.0.eps), a label (prune.fixed.ratio) or a key set on every entry that has
+it (prune.eps). Strings may be written bare: --set data.name=synthetic.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``robustprune`` argument parser; each subcommand sets ``func`` to its command."""
+    parser = argparse.ArgumentParser(
+        prog="robustprune",
+        description="Robustness-aware structured pruning: prune, finetune and measure clean and "
+        "AutoPGD accuracy against fixed-ratio baselines at matched MACs.",
+    )
+    parser.add_argument("--version", action="version", version=f"robustprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_run, _add_analyze, _add_prune, _add_eval, _add_report, _add_list):
+        add(sub)
+    return parser
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a recipe: train, prune, finetune, evaluate, write runs/<name>/<timestamp>/",
+        description="Run a TOML recipe: train (or load) the dense model once per seed, then for "
+        "every pruning method and setting prune a copy, finetune it and evaluate it (clean, "
+        "AutoPGD, MACs, params, latency). Writes config.toml, results.jsonl, summary.md, "
+        "pareto.png and checkpoints to <output>/<name>/<timestamp>/ and prints the summary.",
+        epilog=_EPILOG_RUN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="a recipe file, e.g. recipes/digits-cnn.toml")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value (repeatable), e.g. --set train.epochs=3",
+    )
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the latest run of this recipe (or --run-dir): finished rows are kept, "
+        "unfinished training resumes from its last epoch checkpoint",
+    )
+    p.add_argument("--run-dir", metavar="DIR", help="write to (or resume) this directory instead of a new timestamped one")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print the resolved config and the plan, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_threads(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_analyze(sub: Any) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="print the compressibility / operator-norm / Lipschitz analysis of a model",
+        description="Per-layer compressibility (ε, k, β), structure factor and scale, operator "
+        "norms, alignment, Lipschitz and gap bounds and the dominant-direction audit of a "
+        "checkpoint or of a freshly created (random-weight) registered model.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="NAME", help="a registered model (random weights), see `robustprune list models`")
+    src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint written by save_pruned / `robustprune run`")
+    p.add_argument("--data", metavar="NAME", help="dataset for the input shape and a data batch (default: the checkpoint's, else digits)")
+    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="model option for --model, e.g. widths=[16,32] (repeatable)")
+    p.add_argument("--eps", type=float, default=0.05, help="ε for the compressibility k (default 0.05)")
+    p.add_argument("--delta", type=_budget, default=None, help="attack budget δ for the gap bounds, certified fraction and audit, e.g. 0.1 or 8/255 (default: 8/255 for ℓ∞, 0.5 for ℓ2)")
+    p.add_argument("--norms", nargs="+", choices=ANALYSIS_NORMS, default=list(ANALYSIS_NORMS), help="operator norms (default: 2 inf)")
+    p.add_argument("--conv-norm", choices=CONV_NORMS, default="matricized")
+    p.add_argument("--n-examples", type=int, default=256, help="test examples for data-mode alignment and the audit (0: none)")
+    p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    _add_threads(p)
+    p.set_defaults(func=cmd_analyze)
+
+
+def _add_prune(sub: Any) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune a checkpoint structurally and save the smaller model",
+        description="Load a checkpoint, prune it (ε-targeted by default) and save the pruned "
+        "model; prints the per-group pruning report.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="IN", help="input checkpoint")
+    ratio_methods = " / ".join(m for m in PRUNERS if "ratio" in method_settings(m))
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--eps", type=float, help="ε: keep per group the fewest channels whose relative residual is <= ε")
+    how.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs (solves the global ε or ratio)")
+    how.add_argument("--ratio", type=float, help=f"channel fraction to remove ({ratio_methods})")
+    p.add_argument("--method", choices=list(PRUNERS), default="epsilon")
+    p.add_argument("--round-to", type=int, default=None, help="round kept channels up to a multiple of this")
+    p.add_argument("--out", required=True, metavar="OUT", help="output checkpoint path")
+    p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    _add_threads(p)
+    p.set_defaults(func=cmd_prune)
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: clean and AutoPGD accuracy, MACs, params, latency",
+        description="Clean accuracy, AutoAttack robust accuracy (when --eps is given), MACs, "
+        "params and latency of a checkpoint on a dataset's test split.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--data", metavar="NAME", help="dataset (default: the one recorded in the checkpoint)")
+    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
+    p.add_argument("--norm", choices=NORMS, default="Linf")
+    p.add_argument("--eps", type=_budget, default=None, help="attack budget, e.g. 0.1 or 8/255 (default: clean only)")
+    p.add_argument("--attacks", nargs="+", default=["apgd-ce", "apgd-t"], help=f"AutoAttack attacks: {', '.join(ATTACKS)}")
+    p.add_argument("--n-examples", type=int, default=None, help="evaluate the first N test examples")
+    p.add_argument("--n-iter", type=int, default=100, help="APGD iterations (default 100)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    _add_threads(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="re-render summary.md and pareto.png of a run directory",
+        description="Re-render summary.md and pareto.png from a run's results.jsonl and print the summary.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="runs/<name>/<timestamp>")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_list(sub: Any) -> None:
+    p = sub.add_parser("list", help="list registered models or datasets", description="List registered models or datasets.")
+    p.add_argument("what", choices=["models", "datasets"])
+    p.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
+    p.set_defaults(func=cmd_list)
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="CPU threads for PyTorch (default: PyTorch's choice); small models on a busy "
+        "machine run fastest with --threads 1",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return value
+
+
+def _budget(text: str) -> float:
+    """``0.1`` or ``8/255``."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number or a fraction such as 8/255") from None

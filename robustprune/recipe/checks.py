@@ -1,0 +1,239 @@
+"""What a recipe may say: the allowed values of each choice (read from the library's
+registries, never copied) and the small checks the recipe's own dataclasses run in their
+constructors.
+
+Every check raises :class:`~robustprune.errors.InvalidArgumentError` with ``argument`` set
+to the offending field, so that the recipe parser can point at the TOML key that holds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from robustprune import data as data_module
+from robustprune.attacks import ADVERSARIAL_KINDS, NORMS, AdversarialConfig
+from robustprune.errors import InvalidArgumentError
+from robustprune.pruners import PRUNERS
+from robustprune.regularizers import REGULARIZERS
+from robustprune.train import AMP_MODES, SCHEDULERS, FitConfig
+
+__all__ = [
+    "ANALYSIS_MODELS",
+    "ANALYSIS_NORMS",
+    "CONV_NORMS",
+    "SETTING_KEYS",
+    "PRUNER_OPTIONS",
+    "method_settings",
+    "method_options",
+    "check_prune_settings",
+    "check_pruner_options",
+    "check_prune_entries",
+    "dataset_options",
+    "regularizer_options",
+    "choices_of",
+    "check_choices",
+    "check_int",
+    "check_number",
+    "check_numbers",
+    "check_budget",
+]
+
+#: which models ``[analysis]`` analyzes
+ANALYSIS_MODELS = ("none", "dense", "all")
+#: the operator norms :func:`robustprune.analysis.analyze` reports
+ANALYSIS_NORMS = ("2", "inf")
+#: how :func:`robustprune.analysis.analyze` measures convolutions
+CONV_NORMS = ("matricized", "operator")
+#: the pruning settings a ``[[prune]]`` entry sweeps (one model per value)
+SETTING_KEYS = ("eps", "ratio", "target_macs")
+#: the pruner options a ``[[prune]]`` entry may pass on
+PRUNER_OPTIONS = ("q", "round_to", "min_keep")
+
+#: allowed values of library-config fields whose type hints do not list them
+_LIBRARY_CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
+    (FitConfig, "scheduler"): (*SCHEDULERS, "none"),
+    (FitConfig, "amp"): AMP_MODES,
+    (AdversarialConfig, "kind"): ADVERSARIAL_KINDS,
+    (AdversarialConfig, "norm"): NORMS,
+}
+
+
+def method_settings(method: str) -> tuple[str, ...]:
+    """The setting keys a pruning method takes, read from its pruner's signature
+    (``match`` solves for ``target_macs``): ``("eps", "target_macs", "match")`` for
+    ``"epsilon"``."""
+    params = inspect.signature(PRUNERS[method]).parameters
+    keys = tuple(k for k in SETTING_KEYS if k in params)
+    return (*keys, "match") if "target_macs" in params else keys
+
+
+def method_options(method: str) -> tuple[str, ...]:
+    """The :data:`PRUNER_OPTIONS` a pruning method's pruner accepts."""
+    params = inspect.signature(PRUNERS[method]).parameters
+    return tuple(k for k in PRUNER_OPTIONS if k in params)
+
+
+def check_prune_settings(method: str, given: Sequence[str]) -> None:
+    """A ``[[prune]]`` entry gives exactly one setting, one its method takes."""
+    allowed = method_settings(method)
+    for key in given:
+        if key not in allowed:
+            raise InvalidArgumentError(
+                f"method '{method}' does not take '{key}'; method '{method}' takes one of: "
+                f"{', '.join(allowed)}.",
+                argument=key,
+            )
+    if len(given) != 1:
+        raise InvalidArgumentError(
+            f"method '{method}' needs exactly one of {', '.join(allowed)}; got {', '.join(given) or 'none'}."
+        )
+
+
+def check_pruner_options(method: str, options: Mapping[str, Any]) -> None:
+    """Each option is one the method's pruner takes, with a value the pruner accepts (it
+    is built once per option to find out)."""
+    cls, allowed = PRUNERS[method], method_options(method)
+    for key, value in options.items():
+        if key not in allowed:
+            raise InvalidArgumentError(
+                f"method '{method}' does not take '{key}' (its pruner options: {', '.join(allowed) or 'none'}).",
+                argument=key,
+            )
+        try:
+            cls(target_macs=0.5, **{key: value})
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(str(exc), argument=key) from None
+
+
+def check_prune_entries(entries: Sequence[Any]) -> None:
+    """The ``[[prune]]`` entries of a recipe have distinct labels, and a ``match`` names
+    another entry that has explicit settings."""
+    labels = [e.label for e in entries]
+    for i, e in enumerate(entries):
+        if labels.count(e.label) > 1:
+            raise InvalidArgumentError(
+                f"label '{e.label}' is used by more than one [[prune]] entry; give each entry a "
+                'distinct label (e.g. label = "epsilon+beta").',
+                argument=f"prune[{i}].label",
+            )
+        if e.match is None:
+            continue
+        target = next((x for x in entries if x.label == e.match), None)
+        if target is None or target is e or target.match is not None:
+            others = [x.label for x in entries if x.match is None and x is not e]
+            raise InvalidArgumentError(
+                "match must be the label of another [[prune]] entry that has explicit settings; "
+                f"allowed values: {', '.join(repr(o) for o in others) or 'none'}.",
+                argument=f"prune[{i}].match",
+            )
+
+
+def dataset_options(name: str) -> list[str] | None:
+    """The keyword options of a registered dataset (None: unknown dataset, or any)."""
+    # the one private access left: robustprune.data has no public accessor of a
+    # dataset's factory yet (see the redesign report)
+    factory = data_module._REGISTRY.get(name)
+    if factory is None:
+        return None
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in ("root", "download", "seed")]
+
+
+def regularizer_options(kind: str) -> list[str] | None:
+    """The options (besides ``weight``) of a registered regularizer, from its class's
+    signature (None: unknown kind)."""
+    cls = REGULARIZERS.get(kind)
+    if cls is None:
+        return None
+    return [p for p in inspect.signature(cls).parameters if p != "weight"]
+
+
+def choices_of(cls: type, name: str) -> tuple[str, ...] | None:
+    """The allowed values of field ``name`` of dataclass ``cls``: its ``choices`` metadata
+    (a tuple, or a callable giving one) or, for the library's configs, their registry."""
+    for f in dataclasses.fields(cls):
+        if f.name == name and "choices" in f.metadata:
+            choices = f.metadata["choices"]
+            return tuple(choices() if callable(choices) else choices)
+    for klass in cls.__mro__:
+        if (klass, name) in _LIBRARY_CHOICES:
+            return _LIBRARY_CHOICES[(klass, name)]
+    return None
+
+
+def check_choices(obj: Any) -> None:
+    """Every field of dataclass ``obj`` with ``choices`` metadata holds allowed values
+    (each item, for a tuple)."""
+    for f in dataclasses.fields(obj):
+        if "choices" not in f.metadata:
+            continue
+        value = getattr(obj, f.name)
+        choices = choices_of(type(obj), f.name) or ()
+        items = value if isinstance(value, tuple) else (value,)
+        bad = [v for v in items if v not in choices]
+        if bad or not items:
+            raise InvalidArgumentError(
+                f"{f.name} must be {'a non-empty list of ' if isinstance(value, tuple) else ''}"
+                f"one of {', '.join(repr(c) for c in choices)}, got {value!r}.",
+                argument=f.name,
+            )
+
+
+def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    """``value`` is an integer >= ``low`` (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}.", argument=name)
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """``value`` is a finite number within the bounds (``low_open``: ``> low``)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise InvalidArgumentError(
+            f"{name} must be a number{_bounds(low, high, low_open, high_open)}, got {value!r}.",
+            argument=name,
+        )
+
+
+def check_numbers(name: str, values: Sequence[Any], check: Callable[[str, Any], None]) -> None:
+    """Every value passes ``check`` and no value repeats (one model per value)."""
+    for v in values:
+        check(name, v)
+    if len(set(values)) != len(values):
+        raise InvalidArgumentError(
+            f"{name} must hold distinct values (one model per value), got {list(values)}.", argument=name
+        )
+
+
+def check_budget(name: str, eps: Any, norm: str) -> None:
+    """An attack budget on inputs in [0, 1]: > 0, and <= 1 for ``Linf``."""
+    check_number(name, eps, 0.0, 1.0 if norm == "Linf" else None, low_open=True)
+
+
+def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    return " " + " and ".join(parts) if parts else ""
