@@ -470,7 +470,7 @@ def measure_pruned_latency(
     pruned to ``target_macs`` of its MACs by ``rp.prune(model, target_macs=..., example_inputs=x)``
     with ``method="epsilon"`` and ``method="fixed"``. Per batch size, the three models are
     interleaved ``repeats`` times; each sample is
-    :func:`robustprune.evaluate.measure_latency`'s median of ``runs`` warm runs (ms)."""
+    :func:`robustprune.evaluation.measure_latency`'s median of ``runs`` warm runs (ms)."""
     dev = torch.device(device)
     torch.manual_seed(0)
     dense = create_model("resnet18-cifar", width=width).eval().to(dev)
@@ -530,7 +530,7 @@ def _latency(sizes: Sizes, device: torch.device, log: Log | None) -> Measured:
     details.append(
         f"`resnet18-cifar`{width} with random weights, eval mode, `torch.no_grad`; pruned by "
         f"`rp.prune(model, target_macs={r['target_macs']}, example_inputs=x, method=...)`. Each sample "
-        f"is `robustprune.evaluate.measure_latency`'s median of {r['runs']} warm forward passes "
+        f"is `robustprune.evaluation.measure_latency`'s median of {r['runs']} warm forward passes "
         "(after one more); the three models are interleaved. Latency depends only on the widths, "
         "which random weights give ε-pruning as well (on random weights its per-layer widths are "
         "near-uniform). Implementation: `run_speed.measure_pruned_latency`."

@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from robustprune import data as data_module
 from robustprune.attacks import ADVERSARIAL_KINDS, NORMS, AdversarialConfig
+from robustprune.data import dataset_options
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners import PRUNERS
 from robustprune.regularizers import REGULARIZERS
@@ -130,19 +130,6 @@ def check_prune_entries(entries: Sequence[Any]) -> None:
                 f"allowed values: {', '.join(repr(o) for o in others) or 'none'}.",
                 argument=f"prune[{i}].match",
             )
-
-
-def dataset_options(name: str) -> list[str] | None:
-    """The keyword options of a registered dataset (None: unknown dataset, or any)."""
-    # the one private access left: robustprune.data has no public accessor of a
-    # dataset's factory yet (see the redesign report)
-    factory = data_module._REGISTRY.get(name)
-    if factory is None:
-        return None
-    params = inspect.signature(factory).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.name not in ("root", "download", "seed")]
 
 
 def regularizer_options(kind: str) -> list[str] | None:

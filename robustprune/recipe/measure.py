@@ -11,7 +11,7 @@ import torch
 from robustprune.analysis import DEFAULT_DELTA, analyze
 
 # the one import of the evaluation module (being renamed robustprune.evaluation)
-from robustprune.evaluate import evaluate
+from robustprune.evaluation import evaluate
 from robustprune.recipe.config import Recipe
 
 __all__ = ["evaluation_row", "analysis_report", "analysis_summary"]
