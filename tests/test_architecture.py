@@ -99,10 +99,15 @@ def test_every_module_is_at_most_400_lines(module: str) -> None:
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_functions_are_short_and_take_few_positional_parameters(module: str) -> None:
+    # at most 80 lines of code (the docstring not counted) and 8 positional parameters
     tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                length -= body[0].end_lineno - body[0].lineno + 1  # the docstring is documentation, not code
             positional = [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
             assert length <= MAX_FUNCTION_LINES, f"{module}.{node.name} is {length} lines"
             assert len(positional) <= MAX_POSITIONAL, f"{module}.{node.name} takes {len(positional)} positional"

@@ -41,6 +41,14 @@ _WORKER = textwrap.dedent(
             adversarial=AdversarialConfig(kind="pgd", eps=0.1, steps=2))
         info = {"world_size": first.world_size, "test_accuracy": first.final_test_accuracy}
         torch.save(model.state_dict(), os.path.join(out, f"weights{rank}.pt"))
+        import copy
+        from robustprune.pruners.schedules import Schedule, ScheduledPruning
+        pruned = copy.deepcopy(model)
+        plan = ScheduledPruning(target_macs=0.5, method="global",
+                                schedule=Schedule(kind="during-training", at=1, steps=2))
+        result = fit(pruned, loaders.train, 3, lr=0.01, progress=False, pruning=plan)
+        info["pruning_steps"] = len(result.pruning["reports"])
+        torch.save(pruned.state_dict(), os.path.join(out, f"pruned{rank}.pt"))
     else:
         model.load_state_dict(torch.load(os.path.join(out, "weights0.pt"), weights_only=True))
     robust = robust_accuracy(model, loaders.test, eps=0.1, attacks=("apgd-ce", "apgd-t"),
@@ -84,6 +92,16 @@ def test_training_keeps_the_replicas_weights_identical(ddp_run):
     assert info["world_size"] == 2
     assert info["test_accuracy"] > 0.8
     assert torch.load(ddp_run / "ckpt" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_every_rank_prunes_identically_during_training(ddp_run):
+    a = torch.load(ddp_run / "pruned0.pt", weights_only=True)
+    b = torch.load(ddp_run / "pruned1.pt", weights_only=True)
+    dense = torch.load(ddp_run / "weights0.pt", weights_only=True)
+    assert a["1.weight"].shape[0] < dense["1.weight"].shape[0]  # pruned
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert json.loads((ddp_run / "train0.json").read_text())["pruning_steps"] == 2
 
 
 def test_evaluation_gives_the_same_numbers_on_two_ranks_as_on_one(ddp_run):

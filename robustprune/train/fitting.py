@@ -27,14 +27,19 @@ import torch
 from torch import nn
 
 from robustprune import distributed
+from robustprune._inputs import check_example_inputs, resolve_example_inputs
 from robustprune.errors import InvalidArgumentError
+from robustprune.pruners.schedules import ScheduledPruning, extend_history
 from robustprune.train.config import FitConfig, resolve_config
+from robustprune.train.distill import DistillConfig, check_teacher
 from robustprune.train.loop import Loop, LoopSettings
+from robustprune.train.pruning import PruningDriver
 from robustprune.train.results import EpochStats, FitResult
 from robustprune.train.resume import (
     CHECKPOINT_NAME,
     Regularizer,
     TrainingState,
+    keep_copy,
     load_checkpoint,
     restore,
     save_checkpoint,
@@ -66,6 +71,10 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    pruning: ScheduledPruning | None = None,
+    distill: DistillConfig | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+    keep_checkpoints: Sequence[int] = (),
     **options: Any,
 ) -> FitResult:
     """Train (or finetune) ``model`` in place for ``epochs`` epochs.
@@ -88,6 +97,20 @@ def fit(
             distributed sampler.
         progress: tqdm bars with loss and accuracy (rank 0 only).
         on_epoch_end: called with each epoch's :class:`EpochStats` after its checkpoint.
+        pruning: a :class:`~robustprune.pruners.schedules.ScheduledPruning`: prune the model
+            during the fit (iterative or during-training schedules); before each scheduled
+            epoch the model is pruned and the optimizer and scheduler are rebuilt over its
+            new parameters (momentum buffers start over; the learning-rate curve continues
+            at the current update). Resuming across a pruning step replays the recorded
+            steps before the checkpoint's weights are loaded.
+        distill: a :class:`~robustprune.train.distill.DistillConfig`: add a distillation
+            term from a teacher (see :mod:`robustprune.train.distill`).
+        resume_from: a checkpoint file to start from when ``checkpoint_dir`` holds none yet
+            (e.g. the ``epoch5.pt`` a dense fit kept with ``keep_checkpoints=(5,)``, for a
+            run that prunes at epoch 5 and continues); it must have been written by a fit
+            with the same arguments, except pruning steps scheduled at or after its epoch.
+        keep_checkpoints: after these epochs, also keep a copy ``epoch<N>.pt`` of the
+            checkpoint (needs ``checkpoint_dir``).
         **options: fields of :class:`FitConfig` (``epochs``, ``lr``, ``optimizer``,
             ``weight_decay``, ``momentum``, ``scheduler``, ``warmup_epochs``, ``min_lr``,
             ``clip_grad_norm``, ``amp``, ``adversarial``, ``optimizer_kwargs``,
@@ -106,83 +129,131 @@ def fit(
     """
     cfg = resolve_config(config, options)
     regs = _check_regularizers(regularizers)
+    extras = _check_extras(cfg, pruning, distill, resume_from, keep_checkpoints, checkpoint_dir)
     train_loader, test_loader = split_loaders(loaders)
     dev = distributed.resolve_device(device)
-    amp = amp_dtype(cfg.amp, dev)
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
     was_training = net.training
     _move(net, regs, dev)
-    train_loader = shard_train(train_loader, ctx, seed)
+    run = _prepare(net, cfg, regs, extras, train_loader, dev, ctx, seed=seed, progress=progress,
+                   checkpoint_dir=checkpoint_dir)
     test_loader = shard_test(test_loader, ctx)
-    steps_per_epoch = num_batches(train_loader)
-    opt, sched = _optimizer_and_scheduler(net, cfg, steps_per_epoch)
-    fingerprint = _fingerprint(cfg, regs, amp, seed=seed, world_size=ctx.world_size,
-                               steps_per_epoch=steps_per_epoch)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    settings = LoopSettings(cfg.adversarial, amp, dev, cfg.clip_grad_norm, progress, cfg.epochs, ckpt_path)
     caller_np, caller_py = np.random.get_state(), random.getstate()
+    teacher_mode = None if distill is None else distill.teacher.training
     try:
+        if distill is not None:
+            distill.teacher.eval()
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            state = TrainingState(net, opt, sched, regs, train_loader, torch.Generator(device=dev))
-            history, resumed_from = _run_epochs(
-                state, test_loader, settings, ctx, seed=seed, fingerprint=fingerprint,
-                on_epoch_end=on_epoch_end,
-            )
+            history, resumed_from = run.epochs(test_loader, seed=seed, on_epoch_end=on_epoch_end)
     finally:
         np.random.set_state(caller_np)
         random.setstate(caller_py)
         net.train(was_training)
-    return _result(history, resumed_from, settings, cfg, ctx)
+        if distill is not None:
+            distill.teacher.train(teacher_mode)
+    return _result(history, resumed_from, run.settings, cfg, ctx, run.driver)
 
 
-def _run_epochs(
-    state: TrainingState,
-    test_loader: Iterable[Any] | None,
-    settings: LoopSettings,
-    ctx: distributed.DistContext,
-    *,
-    seed: int,
-    fingerprint: dict[str, Any],
-    on_epoch_end: Callable[[EpochStats], None] | None,
-) -> tuple[list[EpochStats], int]:
-    """Resume from the checkpoint (or seed every RNG), then train the remaining epochs,
-    checkpointing after each; returns the history and the epoch it resumed from."""
-    dev, ckpt_path = settings.device, settings.checkpoint
-    saved = load_checkpoint(ckpt_path, fingerprint, dev) if ckpt_path else None
-    if saved is None:
-        seed_everything(seed, ctx.rank, dev, state.attack_gen)
-        history: list[EpochStats] = []
-        start_epoch = 0
-    else:
-        history = restore(saved, state, ctx)
-        start_epoch = int(saved["epoch"])
-        logger.info("resuming from %s after epoch %d", ckpt_path, start_epoch)
-    ddp: nn.Module = state.net
-    if ctx.distributed:
-        ddp = nn.parallel.DistributedDataParallel(
-            state.net, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    loop = Loop(ddp, state, settings, ctx)
-    for epoch in range(start_epoch, settings.epochs):
-        stats = loop.epoch(state.loader, test_loader, epoch)
-        history.append(stats)
-        if ckpt_path is not None:
-            save_checkpoint(ckpt_path, epoch + 1, state, history, fingerprint, ctx)
-        logger.info(
-            "epoch %d/%d: loss %.4f, train acc %.2f%%, test acc %s, %.1fs",
-            stats.epoch, settings.epochs, stats.loss, 100 * stats.train_accuracy,
-            "-" if stats.test_accuracy is None else f"{100 * stats.test_accuracy:.2f}%",
-            stats.seconds,
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(stats)
-    return history, start_epoch
+@dataclasses.dataclass(frozen=True)
+class _Extras:
+    """The optional arguments of one fit call that shape its checkpoints."""
+
+    pruning: ScheduledPruning | None
+    distill: DistillConfig | None
+    resume_from: Path | None
+    keep: tuple[int, ...]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Fingerprint entries, present only when used (old checkpoints keep resuming)."""
+        out: dict[str, Any] = {}
+        if self.pruning is not None:
+            out["pruning"] = self.pruning.describe()
+        if self.distill is not None:
+            out["distill"] = self.distill.describe()
+        return out
+
+
+class _Run:
+    """The epochs of one fit: resume (or seed), then per epoch the scheduled pruning
+    steps, the training epoch, its checkpoint."""
+
+    def __init__(
+        self, state: TrainingState, settings: LoopSettings, ctx: distributed.DistContext,
+        fingerprint: dict[str, Any], extras: _Extras, *, rebuild: Callable[[], tuple[Any, Any]],
+        steps_per_epoch: int, driver: PruningDriver | None,
+    ) -> None:
+        self.state, self.settings, self.ctx = state, settings, ctx
+        self.fingerprint, self.extras, self.rebuild = fingerprint, extras, rebuild
+        self.steps_per_epoch, self.driver = steps_per_epoch, driver
+
+    def epochs(
+        self, test_loader: Iterable[Any] | None, *, seed: int,
+        on_epoch_end: Callable[[EpochStats], None] | None,
+    ) -> tuple[list[EpochStats], int]:
+        """Train the remaining epochs; the history and the epoch it resumed from."""
+        state, settings = self.state, self.settings
+        history, start_epoch = self._start(seed)
+        loop = Loop(self._wrap(), state, settings, self.ctx)
+        for epoch in range(start_epoch, settings.epochs):
+            if self._prune(epoch):
+                loop.ddp = self._wrap()
+            stats = loop.epoch(state.loader, test_loader, epoch)
+            history.append(stats)
+            if settings.checkpoint is not None:
+                save_checkpoint(settings.checkpoint, epoch + 1, state, history, self.fingerprint, self.ctx)
+                if epoch + 1 in self.extras.keep and self.ctx.is_main:
+                    keep_copy(settings.checkpoint, epoch + 1)
+            logger.info(
+                "epoch %d/%d: loss %.4f, train acc %.2f%%, test acc %s, %.1fs",
+                stats.epoch, settings.epochs, stats.loss, 100 * stats.train_accuracy,
+                "-" if stats.test_accuracy is None else f"{100 * stats.test_accuracy:.2f}%",
+                stats.seconds,
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+        return history, start_epoch
+
+    def _start(self, seed: int) -> tuple[list[EpochStats], int]:
+        """Resume from the checkpoint (or ``resume_from``), or seed every RNG."""
+        state, dev, path = self.state, self.settings.device, self.settings.checkpoint
+        source = path if path is not None and path.exists() else self.extras.resume_from
+        prune_epochs = () if self.driver is None else self.driver.epochs_at
+        saved = load_checkpoint(source, self.fingerprint, dev, prune_epochs=prune_epochs) if source else None
+        if saved is None:
+            seed_everything(seed, self.ctx.rank, dev, state.attack_gen)
+            return [], 0
+        if saved.get("pruning_history"):
+            extend_history(state.net, saved["pruning_history"])
+            state.net.to(dev)
+            state.optimizer, state.scheduler = self.rebuild()
+        history = restore(saved, state, self.ctx)
+        logger.info("resuming from %s after epoch %d", source, int(saved["epoch"]))
+        return history, int(saved["epoch"])
+
+    def _prune(self, epoch: int) -> bool:
+        """Run the pruning steps scheduled before ``epoch``; whether the model changed."""
+        if self.driver is None:
+            return False
+        changed = False
+        for step in self.driver.steps_at(epoch):
+            changed |= self.driver.run(self.state.net, step) is not None
+        if changed:
+            self.state.optimizer, self.state.scheduler = self.rebuild()
+            if self.state.scheduler is not None:
+                self.state.scheduler.step_update(num_updates=epoch * self.steps_per_epoch)
+        return changed
+
+    def _wrap(self) -> nn.Module:
+        net, dev = self.state.net, self.settings.device
+        if not self.ctx.distributed:
+            return net
+        return nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def _result(
     history: list[EpochStats], resumed_from: int, settings: LoopSettings, cfg: FitConfig,
-    ctx: distributed.DistContext,
+    ctx: distributed.DistContext, driver: PruningDriver | None,
 ) -> FitResult:
     last = history[-1] if history else None
     return FitResult(
@@ -196,6 +267,8 @@ def _result(
         amp="off" if settings.amp_dtype is None else "bf16",
         world_size=ctx.world_size,
         adversarial=cfg.adversarial,
+        pruning=None if driver is None else driver.describe(),
+        distill=None if settings.distill is None else settings.distill.describe(),
     )
 
 
@@ -218,6 +291,79 @@ def _optimizer_and_scheduler(net: nn.Module, cfg: FitConfig, steps_per_epoch: in
         steps_per_epoch=steps_per_epoch, extra=cfg.scheduler_kwargs,
     )
     return opt, sched
+
+
+def _prepare(
+    net: nn.Module, cfg: FitConfig, regs: tuple[Regularizer, ...], extras: _Extras,
+    train_loader: Iterable[Any], dev: torch.device, ctx: distributed.DistContext, *,
+    seed: int, progress: bool, checkpoint_dir: Any,
+) -> _Run:
+    """Everything the epochs need: the teacher checked, the pruning steps planned, the
+    loader sharded, the optimizer and scheduler, the fingerprint, the loop settings."""
+    pruning, distill = extras.pruning, extras.distill
+    example = _example_batch(net, train_loader, dev) if pruning is not None or distill is not None else None
+    if distill is not None:
+        check_teacher(distill, net, example, dev)
+    driver = PruningDriver(pruning, cfg.epochs, net, example, ctx) if pruning is not None else None
+    train_loader = shard_train(train_loader, ctx, seed)
+    steps_per_epoch = num_batches(train_loader)
+    opt, sched = _optimizer_and_scheduler(net, cfg, steps_per_epoch)
+    amp = amp_dtype(cfg.amp, dev)
+    fingerprint = _fingerprint(cfg, regs, amp, seed=seed, world_size=ctx.world_size,
+                               steps_per_epoch=steps_per_epoch)
+    fingerprint.update(extras.fingerprint())
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    settings = LoopSettings(cfg.adversarial, amp, dev, cfg.clip_grad_norm, progress, cfg.epochs, ckpt_path,
+                            distill=distill)
+    state = TrainingState(net, opt, sched, regs, train_loader, torch.Generator(device=dev))
+    return _Run(state, settings, ctx, fingerprint, extras,
+                rebuild=lambda: _optimizer_and_scheduler(net, cfg, steps_per_epoch),
+                steps_per_epoch=steps_per_epoch, driver=driver)
+
+
+def _check_extras(
+    cfg: FitConfig, pruning: Any, distill: Any, resume_from: Any, keep: Sequence[int], checkpoint_dir: Any,
+) -> _Extras:
+    """The optional arguments, checked before anything is touched."""
+    if pruning is not None:
+        if not isinstance(pruning, ScheduledPruning):
+            raise InvalidArgumentError(
+                f"pruning must be a ScheduledPruning, got {type(pruning).__name__}.", argument="pruning"
+            )
+        pruning.schedule.epochs(cfg.epochs)  # every step inside the training
+    if distill is not None and not isinstance(distill, DistillConfig):
+        raise InvalidArgumentError(
+            f"distill must be a DistillConfig, got {type(distill).__name__}.", argument="distill"
+        )
+    path = None
+    if resume_from is not None:
+        path = Path(resume_from)
+        if not path.is_file():
+            raise InvalidArgumentError(f"resume_from={str(path)!r} is not a checkpoint file.", argument="resume_from")
+    keep_t = tuple(keep)
+    if any(isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= cfg.epochs for e in keep_t):
+        raise InvalidArgumentError(
+            f"keep_checkpoints must be epochs in 1..{cfg.epochs}, got {list(keep_t)}.", argument="keep_checkpoints"
+        )
+    if keep_t and checkpoint_dir is None:
+        raise InvalidArgumentError("keep_checkpoints needs checkpoint_dir.", argument="keep_checkpoints")
+    return _Extras(pruning, distill, path, keep_t)
+
+
+def _example_batch(net: nn.Module, loader: Iterable[Any], device: torch.device) -> torch.Tensor:
+    """One input batch for tracing (pruning) and the teacher check, taken from the loader's
+    dataset without iterating the loader (which would advance its shuffle RNG)."""
+    dataset = getattr(loader, "dataset", None)
+    try:
+        first = dataset[0][0] if dataset is not None else None
+    except (TypeError, IndexError, KeyError):
+        first = None
+    if isinstance(first, torch.Tensor):
+        return check_example_inputs(first.unsqueeze(0).clone()).to(device)
+    example = resolve_example_inputs(net)
+    if not isinstance(example, torch.Tensor):
+        raise InvalidArgumentError("pruning and distillation need a single-tensor input model.")
+    return example.to(device)
 
 
 def _check_regularizers(regularizers: Sequence[Regularizer]) -> tuple[Regularizer, ...]:

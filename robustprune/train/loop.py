@@ -23,6 +23,7 @@ from torch.utils.data import DistributedSampler
 from robustprune import distributed
 from robustprune.attacks import AdversarialConfig, fgsm_rs, pgd, trades_attack, trades_objective
 from robustprune.errors import InvalidArgumentError, TrainingDivergedError
+from robustprune.train.distill import DistillConfig, distillation_loss
 from robustprune.train.results import EpochStats
 from robustprune.train.resume import TrainingState, restore_last_good
 from robustprune.train.setup import num_batches
@@ -36,7 +37,8 @@ _CHECK_EVERY = 10  # steps between finiteness checks / progress updates (each on
 class LoopSettings:
     """How the loop trains: the adversarial attack (None: standard training), the autocast
     dtype (None: fp32), the device, gradient clipping, tqdm bars, the number of epochs (for
-    the bars) and the checkpoint to fall back to when the loss diverges."""
+    the bars), the checkpoint to fall back to when the loss diverges and the distillation
+    (None: none)."""
 
     adversarial: AdversarialConfig | None
     amp_dtype: torch.dtype | None
@@ -45,6 +47,7 @@ class LoopSettings:
     progress: bool
     epochs: int
     checkpoint: Path | None
+    distill: DistillConfig | None = None
 
 
 class Loop:
@@ -108,7 +111,13 @@ class Loop:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer update; returns (loss, regularization, correct) as device scalars."""
         with self._autocast():
-            logits, task = self._task_loss(x, y)
+            logits, task, trained_logits, trained_x = self._task_loss(x, y)
+            distill = self.settings.distill
+            if distill is not None:
+                with torch.no_grad():
+                    teacher = distill.teacher(x if distill.target == "clean" else trained_x)
+                w = float(distill.weight)
+                task = (1 - w) * task + w * distillation_loss(trained_logits, teacher, distill.temperature)
         reg = sum((r(self.net) for r in self.state.regularizers), torch.zeros((), device=self.device))
         loss = task + reg
         opt = self.state.optimizer
@@ -146,12 +155,16 @@ class Loop:
         if self.state.scheduler is not None:
             self.state.scheduler.step_update(num_updates=update)
 
-    def _task_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, ℓ)``: the logits trained on and the task loss, clean or adversarial."""
+    def _task_loss(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, ℓ, s, x')``: the logits whose accuracy is reported, the task loss
+        (clean or adversarial), and the student's logits ``s`` on the inputs ``x'`` it is
+        trained on (adversarial ones under adversarial training), for distillation."""
         adv, gen = self.settings.adversarial, self.state.attack_gen
         if adv is None:
             logits = self.ddp(x)
-            return logits, F.cross_entropy(logits.float(), y)
+            return logits, F.cross_entropy(logits.float(), y), logits, x
         if adv.kind == "trades":
             self.net.eval()
             x_adv = trades_attack(
@@ -160,7 +173,8 @@ class Loop:
             )
             self.net.train()
             logits = self.ddp(x)
-            return logits, trades_objective(logits, self.ddp(x_adv), y, adv.beta)
+            adv_logits = self.ddp(x_adv)
+            return logits, trades_objective(logits, adv_logits, y, adv.beta), adv_logits, x_adv
         if adv.kind == "pgd":
             x_adv = pgd(
                 self.net, x, y, eps=adv.eps, norm=adv.norm, steps=adv.steps,
@@ -171,7 +185,7 @@ class Loop:
                 self.net, x, y, eps=adv.eps, norm=adv.norm, step_size=adv.step_size, generator=gen,
             )
         logits = self.ddp(x_adv)
-        return logits, F.cross_entropy(logits.float(), y)
+        return logits, F.cross_entropy(logits.float(), y), logits, x_adv
 
     def _autocast(self) -> Any:
         amp = self.settings.amp_dtype

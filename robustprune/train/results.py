@@ -35,7 +35,9 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class FitResult:
-    """What :func:`fit` did: the per-epoch history and the final accuracies."""
+    """What :func:`fit` did: the per-epoch history and the final accuracies; ``pruning``
+    (schedule, epochs, targets and every step's report) and ``distill`` (its settings) when
+    the fit pruned or distilled."""
 
     history: tuple[EpochStats, ...]
     final_train_accuracy: float | None
@@ -47,6 +49,8 @@ class FitResult:
     amp: str
     world_size: int
     adversarial: AdversarialConfig | None
+    pruning: dict[str, Any] | None = None
+    distill: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of every field."""
@@ -61,5 +65,7 @@ class FitResult:
             "amp": self.amp,
             "world_size": self.world_size,
             "adversarial": None if self.adversarial is None else dataclasses.asdict(self.adversarial),
+            **({} if self.pruning is None else {"pruning": self.pruning}),
+            **({} if self.distill is None else {"distill": self.distill}),
         }
 

@@ -5,7 +5,7 @@ fingerprint of the arguments so that a checkpoint is only resumed by the same ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robustprune import distributed
-from robustprune._io import atomic_torch_save
+from robustprune._io import atomic_torch_save, atomic_write
 from robustprune.errors import InvalidArgumentError
 from robustprune.train.results import EpochStats
 from robustprune.train.rng import rng_state, set_rng_state
@@ -25,6 +25,7 @@ __all__ = [
     "TrainingState",
     "save_checkpoint",
     "load_checkpoint",
+    "keep_copy",
     "restore",
     "restore_last_good",
 ]
@@ -70,16 +71,19 @@ def save_checkpoint(
         "rng": gathered,
         "history": [h.to_dict() for h in history],
         "fingerprint": fingerprint,
+        "pruning_history": [dict(step) for step in getattr(state.net, "robustprune_history", []) or []],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, path)
 
 
 def load_checkpoint(
-    path: Path, fingerprint: dict[str, Any], device: torch.device
+    path: Path, fingerprint: dict[str, Any], device: torch.device, *, prune_epochs: Sequence[int] = ()
 ) -> dict[str, Any] | None:
     """The checkpoint at ``path`` (None when there is none), refused when it was written by a
-    call with another ``fingerprint``."""
+    call with another ``fingerprint``. A checkpoint written without pruning after ``e``
+    epochs also fits a call whose pruning steps all come at or after epoch ``e``
+    (``prune_epochs``): the state after ``e`` epochs does not depend on them."""
     if not path.exists():
         return None
     try:
@@ -90,7 +94,9 @@ def load_checkpoint(
         ) from exc
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise InvalidArgumentError(f"{path} is not a robustprune training checkpoint; delete it.")
-    saved = state["fingerprint"]
+    saved = dict(state["fingerprint"])
+    if "pruning" not in saved and "pruning" in fingerprint and all(e >= int(state["epoch"]) for e in prune_epochs):
+        saved["pruning"] = fingerprint["pruning"]
     diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
@@ -99,6 +105,13 @@ def load_checkpoint(
             f"({details}). Resume with the same arguments, or use another checkpoint_dir."
         )
     return state
+
+
+def keep_copy(path: Path, epoch: int) -> Path:
+    """Copy the checkpoint ``path`` to ``epoch<epoch>.pt`` next to it (atomically)."""
+    target = path.with_name(f"epoch{epoch}.pt")
+    atomic_write(target, path.read_bytes())
+    return target
 
 
 def restore(
