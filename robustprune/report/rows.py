@@ -1,0 +1,158 @@
+"""The rows of ``results.jsonl`` and the fields the report reads from them, with the
+fallbacks that keep older files (written before a field existed) rendering.
+
+A row is one evaluated model. Required keys::
+
+    variant, seed, label, method, setting, order,
+    macs, params, macs_kept, clean_accuracy, robust_accuracy (None: clean only)
+
+Optional keys, each with its fallback when absent:
+
+- ``compare_key``: rows with the same ``(variant, seed, compare_key)`` were pruned to the
+  same MACs target and are comparable. Fallback: ``"dense"`` for the dense model; for a
+  ``matched_to`` row the key of the row it matched; ``"target_macs=<f>"`` for a setting with
+  a MACs target; ``"<label>/<setting_key>"`` otherwise.
+- ``reference`` / ``scratch``: the labels of the row's default-pipeline entry (fixed ratio,
+  one-shot, same finetune) and of its compact-from-scratch entry (None: none). Fallback:
+  reference = the label of the first entry (by ``order``) of the same variant whose method is
+  ``"fixed"``; no scratch.
+- ``cost``: ``{"epochs": int, "attack_steps": int}``, the total training cost of the model,
+  the dense share included. Fallback: unknown (shown as "–").
+- ``pruned_nothing``: the pruning removed no unit. Fallback: a pruned row whose
+  ``pruned_macs_kept`` (else ``macs_kept``) is 1.
+- ``robust_clean_accuracy`` / ``robust_over_clean``, ``params_kept``, ``variant_index``,
+  ``target_macs``, ``matched_to``, ``setting_key``, ``analysis``, ``eval_settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from robustprune.errors import RecipeError
+
+__all__ = [
+    "RESULTS_FILE",
+    "Row",
+    "read_results",
+    "ordered",
+    "group_key",
+    "is_dense",
+    "compare_key",
+    "reference_label",
+    "scratch_label",
+    "cost",
+    "pruned_nothing",
+    "robust_over_clean",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+
+#: one results row (a JSON object)
+Row = dict[str, Any]
+
+
+def read_results(path: str | os.PathLike[str]) -> list[Row]:
+    """The rows of a ``results.jsonl`` (a run directory or the file itself).
+
+    A last line cut short by a killed run is skipped with a warning."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_FILE
+    if not p.is_file():
+        raise RecipeError(
+            f"No results file at '{p}'. Pass a run directory written by `robustprune run` "
+            "(runs/<name>/<timestamp>)."
+        )
+    rows = []
+    lines = p.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                logger.warning("%s: skipping an incomplete last line (an interrupted write)", p)
+                continue
+            raise RecipeError(f"{p}, line {i + 1}: not valid JSON ({exc}).") from exc
+    return rows
+
+
+def ordered(rows: Iterable[Row]) -> list[Row]:
+    """The rows in the run's order: by variant, then dense first and each entry's settings
+    in recipe order (stable, so seeds keep their order)."""
+    return sorted(rows, key=lambda r: (r.get("variant_index", 0), r.get("order", 0)))
+
+
+def group_key(row: Row) -> tuple[str, str, str]:
+    """``(variant, label, setting)``: the rows aggregated over seeds into one summary line."""
+    return (row.get("variant", ""), row["label"], row["setting"])
+
+
+def is_dense(row: Row) -> bool:
+    """Whether the row is a dense (unpruned) model."""
+    return row.get("method") == "dense" or row["label"] == "dense"
+
+
+def compare_key(row: Row, by_id: dict[str, Row] | None = None) -> str:
+    """The row's ``compare_key`` (see the module docstring for the fallback); ``by_id``
+    (rows by ``id``) resolves the key of a ``matched_to`` row in older files."""
+    if row.get("compare_key") is not None:
+        return str(row["compare_key"])
+    if is_dense(row):
+        return "dense"
+    matched = row.get("matched_to")
+    if matched and by_id and matched in by_id and by_id[matched] is not row:
+        return compare_key(by_id[matched], None)
+    target = (row.get("settings") or {}).get("target_macs")
+    if target is not None and not matched:
+        return f"target_macs={target:g}"
+    return f"{row['label']}/{row.get('setting_key', row['setting'])}"
+
+
+def reference_label(row: Row, rows: Iterable[Row]) -> str | None:
+    """The label of the row's default-pipeline entry (fixed ratio, one-shot, same finetune),
+    or None; older files: the first ``"fixed"`` entry of the row's variant."""
+    if "reference" in row:
+        return row["reference"]
+    variant = row.get("variant", "")
+    fixed = [r for r in rows if r.get("method") == "fixed" and r.get("variant", "") == variant]
+    return min(fixed, key=lambda r: r.get("order", 0))["label"] if fixed else None
+
+
+def scratch_label(row: Row) -> str | None:
+    """The label of the row's compact-from-scratch entry, or None (older files: none)."""
+    return row.get("scratch")
+
+
+def cost(row: Row, key: str) -> float | None:
+    """``cost[key]`` (``"epochs"`` or ``"attack_steps"``), None where the row lacks it."""
+    value = (row.get("cost") or {}).get(key)
+    return None if value is None else float(value)
+
+
+def pruned_nothing(row: Row) -> bool:
+    """Whether the row is a pruned model whose pruning removed no unit."""
+    if "pruned_nothing" in row:
+        return bool(row["pruned_nothing"])
+    if is_dense(row) or row.get("method") == "scratch":
+        return False
+    kept = row.get("pruned_macs_kept", row.get("macs_kept"))
+    return kept is not None and float(kept) >= 1.0 - 1e-12
+
+
+def robust_over_clean(row: Row) -> float | None:
+    """Robust over clean accuracy on the same (attacked) examples; None without robust."""
+    if row.get("robust_accuracy") is None:
+        return None
+    if row.get("robust_over_clean") is not None:
+        return float(row["robust_over_clean"])
+    clean = row.get("robust_clean_accuracy", row["clean_accuracy"])
+    return row["robust_accuracy"] / clean if clean > 0 else 0.0
