@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from robustprune.errors import DatasetNotFoundError, InvalidArgumentError, UnknownNameError
 
@@ -35,6 +35,7 @@ __all__ = [
     "list_datasets",
     "dataset_info",
     "dataset_options",
+    "split_validation",
 ]
 
 
@@ -51,20 +52,24 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class Datasets:
-    """A train and a test :class:`~torch.utils.data.Dataset` with their :class:`DatasetInfo`."""
+    """A train and a test :class:`~torch.utils.data.Dataset` with their :class:`DatasetInfo`,
+    and a validation split of the training set when one was asked for (``validation=``)."""
 
     train: Dataset
     test: Dataset
     info: DatasetInfo
+    val: Dataset | None = None
 
 
 @dataclass(frozen=True)
 class Loaders:
-    """Train and test :class:`~torch.utils.data.DataLoader` plus the dataset's info."""
+    """Train and test :class:`~torch.utils.data.DataLoader` plus the dataset's info, and
+    the validation loader (None without a validation split)."""
 
     train: DataLoader
     test: DataLoader
     info: DatasetInfo
+    val: DataLoader | None = None
 
 
 _REGISTRY: dict[str, Callable[..., Datasets]] = {}
@@ -94,6 +99,7 @@ def create_datasets(
     root: str | os.PathLike[str] | None = None,
     download: bool = False,
     seed: int = 0,
+    validation: float = 0.0,
     **kwargs: Any,
 ) -> Datasets:
     """The train/test datasets of ``name`` (see :func:`create_loaders` for the arguments)."""
@@ -101,13 +107,41 @@ def create_datasets(
         raise UnknownNameError(
             f"Unknown dataset '{name}'. Registered datasets: {', '.join(list_datasets())}."
         )
+    _check_validation(validation)
     root_path = Path(root if root is not None else os.environ.get("ROBUSTPRUNE_DATA", "data"))
     try:
-        return _REGISTRY[name](root=root_path, download=download, seed=seed, **kwargs)
+        ds = _REGISTRY[name](root=root_path, download=download, seed=seed, **kwargs)
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
             raise InvalidArgumentError(f"Dataset '{name}': {exc}.") from exc
         raise
+    return split_validation(ds, float(validation), seed=seed) if validation else ds
+
+
+def split_validation(ds: Datasets, fraction: float, *, seed: int = 0) -> Datasets:
+    """``ds`` with ``fraction`` of its training examples moved to a validation split (a
+    seeded random subset; the test set is untouched)."""
+    n = len(ds.train)
+    n_val = int(round(fraction * n))
+    if not 1 <= n_val < n:
+        raise InvalidArgumentError(
+            f"validation={fraction:g} of {n} training examples leaves no validation or no "
+            "training example; use a fraction between 1/n and 1 - 1/n.",
+            argument="validation",
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    return Datasets(Subset(ds.train, train_idx), ds.test, ds.info, val=Subset(ds.train, val_idx))
+
+
+def _check_validation(validation: Any) -> None:
+    ok = not isinstance(validation, bool) and isinstance(validation, (int, float)) and 0 <= validation < 1
+    if not ok:
+        raise InvalidArgumentError(
+            f"validation is the fraction of the training set held out for validation, in [0, 1), "
+            f"got {validation!r}.",
+            argument="validation",
+        )
 
 
 def create_loaders(
@@ -119,6 +153,7 @@ def create_loaders(
     download: bool = False,
     seed: int = 0,
     num_workers: int = 0,
+    validation: float = 0.0,
     **kwargs: Any,
 ) -> Loaders:
     """Train and test loaders for a registered dataset.
@@ -130,12 +165,14 @@ def create_loaders(
         download: let torchvision download a missing dataset.
         seed: seeds the split (digits), the synthetic data and the training shuffle order.
         num_workers: DataLoader workers.
+        validation: hold out this fraction of the training set as ``loaders.val`` (a
+            seeded random subset), e.g. to choose regularizer weights without the test set.
         **kwargs: dataset options, e.g. ``size=32`` for digits or ``shape=(3, 32, 32)`` for
             synthetic.
     """
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}.")
-    ds = create_datasets(name, root=root, download=download, seed=seed, **kwargs)
+    ds = create_datasets(name, root=root, download=download, seed=seed, validation=validation, **kwargs)
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(
         ds.train,
@@ -151,7 +188,10 @@ def create_loaders(
         shuffle=False,
         num_workers=num_workers,
     )
-    return Loaders(train, test, ds.info)
+    val = None if ds.val is None else DataLoader(
+        ds.val, batch_size=test_batch_size or 2 * batch_size, shuffle=False, num_workers=num_workers
+    )
+    return Loaders(train, test, ds.info, val)
 
 
 def dataset_info(name: str, **kwargs: Any) -> DatasetInfo:

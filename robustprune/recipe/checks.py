@@ -18,10 +18,13 @@ from robustprune.attacks import ADVERSARIAL_KINDS, NORMS, AdversarialConfig
 from robustprune.data import dataset_options
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners import PRUNERS
+from robustprune.pruners.schedules import SCHEDULE_KINDS, Schedule
 from robustprune.regularizers import REGULARIZERS
 from robustprune.train import AMP_MODES, SCHEDULERS, FitConfig
 
 __all__ = [
+    "METHODS",
+    "IMPORTANCES",
     "ANALYSIS_MODELS",
     "ANALYSIS_NORMS",
     "CONV_NORMS",
@@ -32,6 +35,7 @@ __all__ = [
     "check_prune_settings",
     "check_pruner_options",
     "check_prune_entries",
+    "check_scheduled_entry",
     "dataset_options",
     "regularizer_options",
     "choices_of",
@@ -42,6 +46,10 @@ __all__ = [
     "check_budget",
 ]
 
+#: the methods of a ``[[prune]]`` entry: every pruner, and the scratch baseline
+METHODS: tuple[str, ...] = (*PRUNERS, "scratch")
+#: the channel importances a ``[[prune]]`` entry may name
+IMPORTANCES: tuple[str, ...] = ("l2", "adv-taylor")
 #: which models ``[analysis]`` analyzes
 ANALYSIS_MODELS = ("none", "dense", "all")
 #: the operator norms :func:`robustprune.analysis.analyze` reports
@@ -59,13 +67,16 @@ _LIBRARY_CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (FitConfig, "amp"): AMP_MODES,
     (AdversarialConfig, "kind"): ADVERSARIAL_KINDS,
     (AdversarialConfig, "norm"): NORMS,
+    (Schedule, "kind"): SCHEDULE_KINDS,
 }
 
 
 def method_settings(method: str) -> tuple[str, ...]:
     """The setting keys a pruning method takes, read from its pruner's signature
     (``match`` solves for ``target_macs``): ``("eps", "target_macs", "match")`` for
-    ``"epsilon"``."""
+    ``"epsilon"``; the scratch baseline takes ``match`` only."""
+    if method == "scratch":
+        return ("match",)
     params = inspect.signature(PRUNERS[method]).parameters
     keys = tuple(k for k in SETTING_KEYS if k in params)
     return (*keys, "match") if "target_macs" in params else keys
@@ -73,6 +84,8 @@ def method_settings(method: str) -> tuple[str, ...]:
 
 def method_options(method: str) -> tuple[str, ...]:
     """The :data:`PRUNER_OPTIONS` a pruning method's pruner accepts."""
+    if method == "scratch":
+        return ()
     params = inspect.signature(PRUNERS[method]).parameters
     return tuple(k for k in PRUNER_OPTIONS if k in params)
 
@@ -96,7 +109,7 @@ def check_prune_settings(method: str, given: Sequence[str]) -> None:
 def check_pruner_options(method: str, options: Mapping[str, Any]) -> None:
     """Each option is one the method's pruner takes, with a value the pruner accepts (it
     is built once per option to find out)."""
-    cls, allowed = PRUNERS[method], method_options(method)
+    allowed = method_options(method)
     for key, value in options.items():
         if key not in allowed:
             raise InvalidArgumentError(
@@ -104,14 +117,45 @@ def check_pruner_options(method: str, options: Mapping[str, Any]) -> None:
                 argument=key,
             )
         try:
-            cls(target_macs=0.5, **{key: value})
+            PRUNERS[method](target_macs=0.5, **{key: value})
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(str(exc), argument=key) from None
 
 
-def check_prune_entries(entries: Sequence[Any]) -> None:
-    """The ``[[prune]]`` entries of a recipe have distinct labels, and a ``match`` names
-    another entry that has explicit settings."""
+def check_scheduled_entry(entry: Any) -> None:
+    """The schedule, importance and scratch rules of one ``[[prune]]`` entry."""
+    if entry.importance is not None:
+        if entry.importance not in IMPORTANCES:
+            raise InvalidArgumentError(
+                f"importance must be one of {', '.join(repr(i) for i in IMPORTANCES)}, got {entry.importance!r}.",
+                argument="importance",
+            )
+        if "importance" not in inspect.signature(PRUNERS.get(entry.method, _NoImportance)).parameters:
+            raise InvalidArgumentError(
+                f"method '{entry.method}' takes no importance (it does not prune channels).", argument="importance"
+            )
+    if entry.method == "scratch" and (entry.schedule is not None or entry.regularizers or entry.finetune):
+        raise InvalidArgumentError(
+            "a scratch entry trains the matched widths like the dense model ([train]); it takes "
+            "no schedule, finetune or regularizers.",
+            argument="method",
+        )
+    if entry.kind != "one-shot" and (entry.eps or entry.ratio):
+        raise InvalidArgumentError(
+            f"a {entry.kind} schedule drives the pruner to a MACs target: give target_macs = [...] "
+            "or match, not eps/ratio.",
+            argument="schedule",
+        )
+
+
+class _NoImportance:
+    def __init__(self) -> None: ...
+
+
+def check_prune_entries(entries: Sequence[Any], compare: Any = None, *, trained: bool = True) -> None:
+    """The ``[[prune]]`` entries of a recipe have distinct labels, a ``match`` names
+    another entry that has explicit settings, the labels to compare with exist, and the
+    entries that train from initialisation (scratch, during-training) have a ``[train]``."""
     labels = [e.label for e in entries]
     for i, e in enumerate(entries):
         if labels.count(e.label) > 1:
@@ -120,6 +164,25 @@ def check_prune_entries(entries: Sequence[Any]) -> None:
                 'distinct label (e.g. label = "epsilon+beta").',
                 argument=f"prune[{i}].label",
             )
+        if e.method == "scratch" and e.match is None:
+            raise InvalidArgumentError(
+                "a scratch entry needs match = \"<label>\": the entry whose per-layer widths it trains from scratch.",
+                argument=f"prune[{i}].match",
+            )
+        if not trained and (e.method == "scratch" or e.kind == "during-training"):
+            raise InvalidArgumentError(
+                f"{'a scratch entry' if e.method == 'scratch' else 'a during-training schedule'} trains "
+                "from initialisation and needs [train] (the recipe starts from a [checkpoint]).",
+                argument=f"prune[{i}].method",
+            )
+        for key in ("reference", "scratch"):
+            name = getattr(e, key)
+            if name is not None and name not in labels:
+                raise InvalidArgumentError(
+                    f"{key} must be the label of a [[prune]] entry; allowed values: "
+                    f"{', '.join(repr(x) for x in labels)}.",
+                    argument=f"prune[{i}].{key}",
+                )
         if e.match is None:
             continue
         target = next((x for x in entries if x.label == e.match), None)
@@ -129,6 +192,14 @@ def check_prune_entries(entries: Sequence[Any]) -> None:
                 "match must be the label of another [[prune]] entry that has explicit settings; "
                 f"allowed values: {', '.join(repr(o) for o in others) or 'none'}.",
                 argument=f"prune[{i}].match",
+            )
+    for key in ("reference", "scratch"):
+        name = None if compare is None else getattr(compare, key)
+        if name is not None and name not in labels:
+            raise InvalidArgumentError(
+                f"[compare] {key} must be the label of a [[prune]] entry; allowed values: "
+                f"{', '.join(repr(x) for x in labels)}.",
+                argument=f"compare.{key}",
             )
 
 

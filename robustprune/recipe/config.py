@@ -1,46 +1,49 @@
 """The recipe as frozen dataclasses, each validated once, in its constructor.
 
-``[train]`` and ``[finetune]`` are :class:`robustprune.train.FitConfig` s (validated by
-it) plus the regularizers added to the loss; ``adversarial = {...}`` is a
-:class:`robustprune.attacks.AdversarialConfig`. The allowed values of every choice come
-from the library's registries (see :mod:`robustprune.recipe.checks`). A field's
-``choices`` metadata lists them; the TOML keys are the field names (``options`` collects
-a table's free-form keys: dataset, model and regularizer options).
+The sections (``[data]``, ``[train]``, ``[finetune]``, ...) live in
+:mod:`robustprune.recipe.sections` and are re-exported here; this module holds the
+``[[prune]]`` entries, ``[compare]``, ``[sweep]`` and the :class:`Recipe`. The allowed
+values of every choice come from the library's registries (see
+:mod:`robustprune.recipe.checks`). A field's ``choices`` metadata lists them; the TOML keys
+are the field names (``options`` collects a table's free-form keys: dataset, model and
+regularizer options).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustprune.attacks import ATTACKS, NORMS
-from robustprune.data import list_datasets
 from robustprune.errors import InvalidArgumentError
-from robustprune.pruners import PRUNERS
+from robustprune.pruners.schedules import Schedule
 from robustprune.recipe.checks import (
-    ANALYSIS_MODELS,
-    ANALYSIS_NORMS,
-    CONV_NORMS,
+    METHODS,
     SETTING_KEYS,
-    check_budget,
     check_choices,
-    check_int,
     check_number,
     check_numbers,
     check_prune_entries,
     check_prune_settings,
     check_pruner_options,
-    dataset_options,
-    regularizer_options,
+    check_scheduled_entry,
+)
+from robustprune.recipe.sections import (
+    AnalysisConfig,
+    DataConfig,
+    DistillSpec,
+    EvalConfig,
+    FinetuneConfig,
+    ModelConfig,
+    RegularizerSpec,
+    TrainConfig,
 )
 from robustprune.recipe.serialize import OMIT_EMPTY, to_data, to_toml
-from robustprune.regularizers import REGULARIZERS
-from robustprune.train import FitConfig
 
 __all__ = [
     "RegularizerSpec",
+    "DistillSpec",
+    "CompareConfig",
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
@@ -54,118 +57,39 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class RegularizerSpec:
-    """A regularizer added to the training loss: ``kind`` (a key of
-    :data:`robustprune.regularizers.REGULARIZERS`), its ``weight`` and the class's other
-    keyword arguments as ``options`` (``top``, ``layers``, ...)."""
+class CompareConfig:
+    """``[compare]``: the labels of the reference entry (the default pipeline: fixed ratio,
+    one-shot, the same finetune) and of the scratch entry that every pruned setting is
+    compared with in ``summary.md`` (paired over seeds). Default: the first ``fixed``
+    entry with a one-shot schedule, no distillation and no own finetune; the first
+    ``scratch`` entry. A ``[[prune]]`` entry's own ``reference``/``scratch`` wins."""
 
-    kind: str = field(metadata={"choices": tuple(REGULARIZERS)})
-    weight: float
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        cls = REGULARIZERS[self.kind]
-        # built once per argument, so that an error names the argument at fault
-        for name, kwargs in (("weight", {}), *((k, {k: v}) for k, v in self.options.items())):
-            try:
-                cls(self.weight, **kwargs)
-            except (InvalidArgumentError, TypeError, ValueError) as exc:
-                raise InvalidArgumentError(str(exc), argument=name) from None
-
-    @staticmethod
-    def option_names(fields: Mapping[str, Any]) -> list[str] | None:
-        """The option keys of the regularizer ``fields["kind"]`` (None: any)."""
-        return regularizer_options(fields.get("kind", ""))
-
-    def build(self) -> Any:
-        """The regularizer module."""
-        return REGULARIZERS[self.kind](self.weight, **self.options)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """``[data]``: a registered dataset and its loader settings; ``options`` are the
-    dataset's own keyword arguments (``size`` for digits, ``shape`` for synthetic, ...)."""
-
-    name: str = field(metadata={"choices": list_datasets})
-    batch_size: int = 128
-    test_batch_size: int | None = None
-    root: str | None = None
-    download: bool = False
-    num_workers: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("test_batch_size", self.test_batch_size, 1, optional=True)
-        check_int("num_workers", self.num_workers, 0)
-
-    @staticmethod
-    def option_names(fields: Mapping[str, Any]) -> list[str] | None:
-        """The option keys of the dataset ``fields["name"]`` (None: any)."""
-        return dataset_options(fields.get("name", ""))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """``[model]``: a registered model name and its architecture ``options`` (checked
-    against the model when a run starts)."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @staticmethod
-    def option_names(fields: Mapping[str, Any]) -> None:
-        """Any key: the model's own keyword arguments."""
-        return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class FinetuneConfig(FitConfig):
-    """``[finetune]``: how every pruned model is finetuned, a
-    :class:`~robustprune.train.FitConfig` (``epochs = 0``: no finetune) plus the
-    ``regularizers`` added to the loss (the specs; ``fit`` gets the built modules)."""
-
-    epochs: int = 0
-    lr: float = 0.01
-    regularizers: tuple[RegularizerSpec, ...] = ()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.adversarial is not None:
-            check_budget("adversarial.eps", self.adversarial.eps, self.adversarial.norm)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig(FitConfig):
-    """``[train]``: how the dense model is trained, a :class:`~robustprune.train.FitConfig`
-    (at least one epoch) plus the ``regularizers`` added to the loss."""
-
-    regularizers: tuple[RegularizerSpec, ...] = ()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("epochs", self.epochs, 1)
-        if self.adversarial is not None:
-            check_budget("adversarial.eps", self.adversarial.eps, self.adversarial.norm)
+    reference: str | None = None
+    scratch: str | None = None
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """One ``[[prune]]`` entry: a method (a key of :data:`robustprune.pruners.PRUNERS`)
-    and its settings.
+    """One ``[[prune]]`` entry: a method (a key of :data:`robustprune.pruners.PRUNERS`, or
+    ``"scratch"``) and its settings.
 
     Exactly one of ``eps``, ``ratio``, ``target_macs`` (lists: one model per value) or
     ``match`` is given, among those the method's pruner takes. ``match = "<label>"`` solves
     this method, for every model the entry called ``<label>`` produced, to the MACs that
     model reached (``target_macs = report.macs_kept``): baselines are compared at matched
-    MACs. ``label`` defaults to the method. ``regularizers`` are added to the finetuning
-    loss of this method only (e.g. beta-control).
+    MACs. ``method = "scratch"`` (with ``match``) builds the exact per-layer widths of each
+    matched model and trains them from random initialisation for as many epochs as that
+    model cost in total (dense share included). ``label`` defaults to the method.
+
+    ``schedule`` (default one-shot) prunes iteratively during the finetune or during the
+    dense training (needs ``target_macs`` or ``match``); ``importance`` picks the channel
+    scores (``"l2"`` or ``"adv-taylor"``); ``finetune`` overrides fields of ``[finetune]``
+    for this entry (``{ epochs = 20, distill = { weight = 0.5 } }``; a nested table replaces
+    the section's one); ``regularizers`` are added to this entry's finetuning loss (e.g.
+    beta-control); ``reference``/``scratch`` name the entries it is compared with.
     """
 
-    method: str = field(metadata={"choices": tuple(PRUNERS)})
+    method: str = field(metadata={"choices": METHODS})
     label: str = ""
     eps: tuple[float, ...] = field(default=(), metadata=OMIT_EMPTY)
     ratio: tuple[float, ...] = field(default=(), metadata=OMIT_EMPTY)
@@ -174,7 +98,12 @@ class PruneConfig:
     q: float | None = None
     round_to: int | None = None
     min_keep: int | None = None
+    importance: str | None = None
+    schedule: Schedule | None = None
+    finetune: dict[str, Any] = field(default_factory=dict, metadata=OMIT_EMPTY)
     regularizers: tuple[RegularizerSpec, ...] = field(default=(), metadata=OMIT_EMPTY)
+    reference: str | None = None
+    scratch: str | None = None
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -189,6 +118,12 @@ class PruneConfig:
         check_numbers("target_macs", self.target_macs, lambda n, v: check_number(n, v, 0, 1, low_open=True))
         check_prune_settings(self.method, [k for k in (*SETTING_KEYS, "match") if getattr(self, k)])
         check_pruner_options(self.method, self.pruner_options())
+        check_scheduled_entry(self)
+
+    @property
+    def kind(self) -> str:
+        """The schedule kind (``"one-shot"`` without a schedule)."""
+        return "one-shot" if self.schedule is None else self.schedule.kind
 
     def settings(self) -> list[dict[str, float]]:
         """The explicit settings, one dict per model (empty for ``match`` entries)."""
@@ -202,59 +137,6 @@ class PruneConfig:
         """Extra keyword arguments for the pruner (``q``, ``round_to``, ``min_keep``)."""
         out = {"q": self.q, "round_to": self.round_to, "min_keep": self.min_keep}
         return {k: v for k, v in out.items() if v is not None}
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """``[eval]``: clean accuracy, AutoAttack robust accuracy (``eps = None``: clean only;
-    ``attacks`` from :data:`robustprune.attacks.ATTACKS`), MACs, params and latency."""
-
-    norm: str = field(default="Linf", metadata={"choices": NORMS})
-    eps: float | None = None
-    attacks: tuple[str, ...] = field(default=("apgd-ce", "apgd-t"), metadata={"choices": ATTACKS})
-    n_examples: int | None = None
-    n_iter: int = 100
-    batch_size: int = 256
-    latency: bool = True
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        if self.eps is not None:
-            check_budget("eps", self.eps, self.norm)
-        if "standard" in self.attacks and len(self.attacks) > 1:
-            raise InvalidArgumentError(
-                'attacks must be either ["standard"] (the full AutoAttack ensemble) or a list of '
-                f"single attacks, got {list(self.attacks)}.",
-                argument="attacks",
-            )
-        if len(set(self.attacks)) != len(self.attacks):
-            raise InvalidArgumentError(f"attacks must name each attack at most once, got {list(self.attacks)}.",
-                                       argument="attacks")
-        check_int("n_examples", self.n_examples, 1, optional=True)
-        check_int("n_iter", self.n_iter, 1)
-        check_int("batch_size", self.batch_size, 1)
-
-
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """``[analysis]``: run :func:`robustprune.analysis.analyze` on the ``"dense"`` models,
-    on ``"all"`` models or on ``"none"``; ``n_examples`` test images feed the data-mode
-    alignment and the dominant-direction audit; ``delta`` is the budget of the gap bound,
-    the certified fraction and the audit (default: ``eval.eps`` for ``eval.norm``)."""
-
-    models: str = field(default="none", metadata={"choices": ANALYSIS_MODELS})
-    norms: tuple[str, ...] = field(default=ANALYSIS_NORMS, metadata={"choices": ANALYSIS_NORMS})
-    conv_norm: str = field(default="matricized", metadata={"choices": CONV_NORMS})
-    eps: float = 0.05
-    n_examples: int = 256
-    delta: float | None = None
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        check_number("eps", self.eps, 0, 1, low_open=True, high_open=True)
-        check_int("n_examples", self.n_examples, 1)
-        if self.delta is not None:
-            check_number("delta", self.delta, 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -293,6 +175,7 @@ class Recipe:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     seeds: tuple[int, ...] = (0,)
     output: str = "runs"
     description: str = ""
@@ -315,7 +198,7 @@ class Recipe:
         if len(set(seeds)) != len(seeds):
             raise InvalidArgumentError(f"seeds must be distinct, got {list(seeds)}.", argument="seeds")
         self._check_sources()
-        check_prune_entries(self.prune)
+        check_prune_entries(self.prune, self.compare, trained=self.train is not None)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain TOML-able data (``None`` values omitted);
@@ -333,6 +216,8 @@ class Recipe:
         if self.prune:
             out["prune"] = [to_data(p) for p in self.prune]
         out.update(finetune=to_data(self.finetune), eval=to_data(self.eval), analysis=to_data(self.analysis))
+        if to_data(self.compare):
+            out["compare"] = to_data(self.compare)
         if self.sweep:
             out["sweep"] = {a.key: {"label": a.label, "values": list(a.values)} for a in self.sweep}
         return out

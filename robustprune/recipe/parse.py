@@ -12,16 +12,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from robustprune.errors import RecipeError
-from robustprune.recipe.config import Recipe, SweepAxis
+from robustprune.errors import InvalidArgumentError, RecipeError
+from robustprune.recipe.config import FinetuneConfig, PruneConfig, Recipe, SweepAxis
 from robustprune.recipe.schema import Where, build, convert, format_value
+from robustprune.recipe.serialize import to_data
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["load_recipe", "parse_recipe", "parse_override", "apply_override", "variants"]
+__all__ = ["load_recipe", "parse_recipe", "parse_override", "apply_override", "variants", "entry_finetune"]
 
 
 def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
@@ -79,9 +80,27 @@ def parse_recipe(
     if "sweep" in raw:
         given["sweep"] = _sweep(raw["sweep"], where)
     recipe = build(Recipe, dict(raw), "", where, **given)
+    for i, entry in enumerate(recipe.prune):  # every entry's own finetune is valid now, not mid-run
+        entry_finetune(recipe, entry)
+        if entry.kind == "during-training" and recipe.train is not None:
+            try:
+                entry.schedule.epochs(recipe.train.epochs)
+            except InvalidArgumentError as exc:
+                raise RecipeError(f"{where.at(f'prune[{i}].schedule')}: prune[{i}].schedule.at: {exc}") from None
     if recipe.sweep:
         variants(recipe)
     return recipe
+
+
+def entry_finetune(recipe: Recipe, entry: PruneConfig) -> FinetuneConfig:
+    """The finetune of a ``[[prune]]`` entry: ``[finetune]`` with the entry's own
+    ``finetune = { ... }`` fields on top (a nested table such as ``adversarial`` or
+    ``distill`` replaces the section's)."""
+    if not entry.finetune:
+        return recipe.finetune
+    index = next(i for i, e in enumerate(recipe.prune) if e is entry)
+    raw = {**to_data(recipe.finetune), **copy.deepcopy(entry.finetune)}
+    return build(FinetuneConfig, raw, f"prune[{index}].finetune", Where(recipe.source or "recipe"))
 
 
 def variants(recipe: Recipe) -> list[tuple[str, Recipe]]:
