@@ -1,4 +1,5 @@
-"""Structured pruning: ε-targeted, fixed-ratio and global baselines, spectral factorization.
+"""Structured pruning: ε-targeted, fixed-ratio and global baselines, robustness-sensitivity
+allocation, spectral factorization.
 
 ``prune(model, eps=0.05)`` is the one-line entry point; the pruner classes expose
 ``plan(model, example_inputs) -> Plan`` and ``apply(model, plan) -> PruningReport``.
@@ -6,11 +7,14 @@
 each ``method`` name to its class.
 
 Layout: plan.py (the data), base.py (the Pruner base), channel.py (ChannelPruner),
-rules.py (how many channels each group keeps), importance.py (channel scores -> theta),
-groups.py / tracing.py / surgery.py / attention.py (the channel machinery), counting.py
-(MACs/params), search.py (target MACs), spectral.py + factorize.py (low rank), history.py
-(recorded steps and their replay), _tp.py (every use of torch-pruning), epsilon.py and
-baselines.py (the public channel pruners).
+rules.py (how many channels each group keeps), importance.py (channel scores -> theta,
+``IMPORTANCES``), adversarial.py (checked data and attacks for robustness-aware scoring),
+sensitivity.py (adversarial-loss sensitivity of each group and the allocation it implies),
+prefix.py (reusing the unchanged start of a forward), groups.py / tracing.py / surgery.py /
+attention.py (the channel machinery), counting.py (MACs/params), search.py (target MACs),
+spectral.py + factorize.py (low rank), history.py (recorded steps and their replay), _tp.py
+(every use of torch-pruning), epsilon.py, baselines.py and sensitivity_pruner.py (the public
+channel pruners).
 """
 
 from __future__ import annotations
@@ -29,9 +33,23 @@ from robustprune.pruners.counting import count_macs_params
 from robustprune.pruners.epsilon import EpsilonPruner
 from robustprune.pruners.groups import Group
 from robustprune.pruners.history import replay_history
-from robustprune.pruners.importance import GroupL2Importance, Importance
+from robustprune.pruners.importance import (
+    IMPORTANCES,
+    AdvTaylorImportance,
+    GroupL2Importance,
+    Importance,
+    make_importance,
+)
 from robustprune.pruners.plan import GroupPlan, Plan, PruningReport, ReportRow
-from robustprune.pruners.rules import EpsilonRule, FixedRatioRule, GlobalMagnitudeRule, Rule
+from robustprune.pruners.rules import (
+    EpsilonRule,
+    FixedRatioRule,
+    GlobalMagnitudeRule,
+    PlanContext,
+    Rule,
+    SensitivityRule,
+)
+from robustprune.pruners.sensitivity_pruner import SensitivityPruner
 from robustprune.pruners.spectral import SpectralPruner
 
 __all__ = [
@@ -42,17 +60,23 @@ __all__ = [
     "EpsilonPruner",
     "FixedRatioPruner",
     "GlobalMagnitudePruner",
+    "SensitivityPruner",
     "SpectralPruner",
     "Plan",
     "GroupPlan",
     "PruningReport",
     "ReportRow",
     "GroupL2Importance",
+    "AdvTaylorImportance",
+    "IMPORTANCES",
+    "make_importance",
     "Importance",
     "Rule",
+    "PlanContext",
     "EpsilonRule",
     "FixedRatioRule",
     "GlobalMagnitudeRule",
+    "SensitivityRule",
     "Group",
     "count_macs_params",
     "infer_example_inputs",
@@ -65,8 +89,11 @@ PRUNERS: dict[str, type[Pruner]] = {
     "epsilon": EpsilonPruner,
     "fixed": FixedRatioPruner,
     "global": GlobalMagnitudePruner,
+    "sensitivity": SensitivityPruner,
     "spectral": SpectralPruner,
 }
+
+_EXAMPLES = {"sensitivity": "; e.g. data=loaders.test, adversarial=AdversarialConfig(kind='pgd', eps=8/255)"}
 
 
 def prune(
@@ -89,28 +116,36 @@ def prune(
             :func:`robustprune.models.create_model`, timm and torchvision classifiers, and
             models whose first layer is a Linear.
         method: ``"epsilon"`` (:class:`EpsilonPruner`), ``"fixed"`` (:class:`FixedRatioPruner`),
-            ``"global"`` (:class:`GlobalMagnitudePruner`) or ``"spectral"`` (:class:`SpectralPruner`).
-        **kw: options of the pruner: ``ratio=`` for fixed/global, ``q``, ``importance``,
-            ``round_to``, ``min_keep``, ``ignored_layers`` (the classifier head is always
-            ignored), ``macs_tolerance``, ``progress``.
+            ``"global"`` (:class:`GlobalMagnitudePruner`), ``"sensitivity"``
+            (:class:`SensitivityPruner`: needs ``data=`` and ``adversarial=``) or
+            ``"spectral"`` (:class:`SpectralPruner`).
+        **kw: options of the pruner: ``ratio=`` for fixed/global/sensitivity, ``q``,
+            ``importance`` (e.g. ``"l2"`` or an :class:`AdvTaylorImportance`), ``round_to``,
+            ``min_keep``, ``ignored_layers`` (the classifier head is always ignored),
+            ``macs_tolerance``, ``progress``; ``data``, ``adversarial``, ``widths``,
+            ``n_examples``, ``seed`` for sensitivity.
     """
     if not isinstance(method, str) or method not in PRUNERS:
         raise UnknownNameError(f"Unknown pruning method {method!r}; choose one of {', '.join(PRUNERS)}.")
     cls = PRUNERS[method]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(kw) - set(accepted))
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    unknown = sorted(set(kw) - set(params))
     if unknown:
         raise InvalidArgumentError(
             f"prune(method={method!r}) got unknown option(s) {', '.join(unknown)}; "
-            f"{cls.__name__} accepts {', '.join(accepted)}."
+            f"{cls.__name__} accepts {', '.join(params)}."
         )
-    if method in ("fixed", "global"):
-        if eps is not None:
-            raise InvalidArgumentError(
-                f"eps applies to method='epsilon' and 'spectral'; method={method!r} takes ratio= "
-                "(the fraction of channels to remove) or target_macs=."
-            )
-        pruner = cls(target_macs=target_macs, **kw)
-    else:
-        pruner = cls(eps=eps, target_macs=target_macs, **kw)
-    return pruner(model, example_inputs)
+    given = {**kw, "target_macs": target_macs, **({"eps": eps} if "eps" in params else {})}
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in given]
+    if missing:
+        raise InvalidArgumentError(
+            f"prune(method={method!r}) needs {', '.join(k + '=' for k in missing)} (see {cls.__name__}"
+            f"{_EXAMPLES.get(method, '')}).", argument=missing[0],
+        )
+    if "eps" not in params and eps is not None:
+        takers = [m for m, c in PRUNERS.items() if "eps" in inspect.signature(c.__init__).parameters]
+        raise InvalidArgumentError(
+            f"eps applies to method={' and '.join(map(repr, takers))}; method={method!r} takes ratio= "
+            "(the fraction of channels to remove) or target_macs=."
+        )
+    return cls(**given)(model, example_inputs)

@@ -85,7 +85,8 @@ def check_fraction(value: Any, name: str) -> float:
     """A fraction of the original MACs, in (0, 1]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) <= 1:
         raise InvalidArgumentError(
-            f"{name} is the fraction of the original MACs to keep and must be in (0, 1], got {value!r}."
+            f"{name} is the fraction of the original MACs to keep and must be in (0, 1], got {value!r}.",
+            argument=name,
         )
     return float(value)
 
@@ -94,7 +95,8 @@ def check_eps_value(value: Any, where: str = "eps") -> float:
     """One ε, in (0, 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
         raise InvalidArgumentError(
-            f"{where} must be in (0, 1) (the relative residual to allow), got {value!r}."
+            f"{where} must be in (0, 1) (the relative residual to allow), got {value!r}.",
+            argument="eps",
         )
     return float(value)
 

@@ -19,7 +19,9 @@ its public API:
 - ``utils.op_counter`` (``add_flops_counting_methods``, ``start/stop_flops_count``,
   ``compute_average_flops_cost``): the counter behind ``tp.utils.count_ops_and_params``;
 - ``importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)``
-  returns *squared* group norms.
+  returns *squared* group norms; ``importance.GroupTaylorImportance`` reads ``.grad`` of the
+  group's Conv/Linear (and LayerNorm) weights: in 1.6.1 it compares BatchNorm's handler with
+  ``prune_groupnorm_out_channels`` and so never scores BatchNorm.
 
 When upgrading torch-pruning, re-check every name above; that ``build_dependency`` still
 traces autograd (gradients enabled, parameters requiring grad; it calls ``model.eval()``);
@@ -56,6 +58,8 @@ __all__ = [
     "load_pruning_history",
     "macs_counter",
     "group_magnitude",
+    "group_taylor",
+    "group_parameters",
 ]
 
 
@@ -180,3 +184,22 @@ def group_magnitude() -> Callable[[Any], torch.Tensor | None]:
     """torch-pruning's ``GroupMagnitudeImportance(p=2, normalizer=None)``: per channel, the
     *squared* ℓ2 norm of the group's parameters, averaged over the coupled layers."""
     return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
+
+
+def group_taylor() -> Callable[[Any], torch.Tensor | None]:
+    """torch-pruning's ``GroupTaylorImportance(group_reduction="mean", normalizer=None,
+    multivariable=True)``: per channel, ``|sum_j w_j * grad_j|`` over the channel's weights in
+    each coupled Conv/Linear (output rows and consumer input columns; BatchNorm is skipped by
+    1.6.1), averaged over those layers. Reads the weights' ``.grad``."""
+    return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None, multivariable=True)
+
+
+def group_parameters(group: Any) -> list[nn.Parameter]:
+    """The parameters of every module of a dependency group (each once)."""
+    out: dict[int, nn.Parameter] = {}
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.Module):
+            for p in module.parameters(recurse=False):
+                out.setdefault(id(p), p)
+    return list(out.values())

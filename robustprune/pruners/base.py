@@ -57,7 +57,8 @@ class Pruner(abc.ABC):
         self.ignored_layers = check_ignored(ignored_layers)
         self.target_macs = None if target_macs is None else check_fraction(target_macs, "target_macs")
         if not (isinstance(macs_tolerance, numbers.Real) and 0 < float(macs_tolerance) < 1):
-            raise InvalidArgumentError(f"macs_tolerance must be in (0, 1), got {macs_tolerance!r}.")
+            raise InvalidArgumentError(f"macs_tolerance must be in (0, 1), got {macs_tolerance!r}.",
+                                       argument="macs_tolerance")
         self.macs_tolerance = float(macs_tolerance)
         self.progress = bool(progress)
 

@@ -32,7 +32,7 @@ class _RatioPruner(ChannelPruner):
         self,
         ratio: float | None = None,
         target_macs: float | None = None,
-        importance: ImportanceLike | None = None,
+        importance: ImportanceLike | str | None = None,
         round_to: int | None = None,
         min_keep: int = 1,
         ignored_layers: Sequence[nn.Module | str] | None = None,

@@ -43,7 +43,7 @@ from robustprune.pruners.groups import Group, collect_groups
 from robustprune.pruners.history import channel_step
 from robustprune.pruners.importance import ImportanceLike, check_importance
 from robustprune.pruners.plan import GroupPlan, Plan, PruningReport
-from robustprune.pruners.rules import Rule
+from robustprune.pruners.rules import PlanContext, Rule
 from robustprune.pruners.search import solve_target_macs
 from robustprune.pruners.surgery import (
     check_plan_matches,
@@ -60,6 +60,10 @@ __all__ = ["ChannelPruner", "planned_macs"]
 class ChannelPruner(Pruner):
     """Structured channel pruning with a :class:`~robustprune.pruners.rules.Rule`.
 
+    Per plan, an importance with a ``prepare(model)`` method is prepared before the groups
+    are scored, and the rule's ``prepare(context)`` runs once the groups are known (what
+    either returns, e.g. its cost, is recorded in the settings of the plan and report).
+
     The rule decides how many units ``k`` each dependency group keeps; this class keeps the
     ``k`` most important units of every group (``theta`` descending, ties to the lower
     index), at least ``min_keep`` and never zero, rounded up so that the root layer's kept
@@ -72,7 +76,10 @@ class ChannelPruner(Pruner):
             ** (1 / power)``) or a plain callable ``group -> per-channel scores``, used as
             ``theta`` as is (ε is then the relative residual of those scores), e.g.
             ``tp.importance.GroupTaylorImportance()`` after a backward pass so gradients
-            exist; default :class:`~robustprune.pruners.importance.GroupL2Importance`.
+            exist; or a name of :data:`~robustprune.pruners.importance.IMPORTANCES` that
+            needs no data (``"l2"``; for ``"adv-taylor"`` pass an
+            :class:`~robustprune.pruners.importance.AdvTaylorImportance`); default
+            :class:`~robustprune.pruners.importance.GroupL2Importance`.
         round_to: keep a multiple of this many channels at each group's root layer.
         min_keep: keep at least this many units per group (default 1: no layer collapse).
         ignored_layers, target_macs, macs_tolerance, progress: see
@@ -84,7 +91,7 @@ class ChannelPruner(Pruner):
     def __init__(
         self,
         rule: Rule,
-        importance: ImportanceLike | None = None,
+        importance: ImportanceLike | str | None = None,
         *,
         round_to: int | None = None,
         min_keep: int = 1,
@@ -99,9 +106,10 @@ class ChannelPruner(Pruner):
         )
         self.importance = check_importance(importance)
         if round_to is not None and (not is_int(round_to) or round_to < 1):
-            raise InvalidArgumentError(f"round_to must be a positive integer or None, got {round_to!r}.")
+            raise InvalidArgumentError(f"round_to must be a positive integer or None, got {round_to!r}.",
+                                       argument="round_to")
         if not is_int(min_keep) or min_keep < 1:
-            raise InvalidArgumentError(f"min_keep must be an integer >= 1, got {min_keep!r}.")
+            raise InvalidArgumentError(f"min_keep must be an integer >= 1, got {min_keep!r}.", argument="min_keep")
         self.round_to = None if round_to is None else int(round_to)
         self.min_keep = int(min_keep)
         if not isinstance(rule, Rule):
@@ -135,16 +143,25 @@ class ChannelPruner(Pruner):
         inputs = self._resolve_inputs(model, example_inputs)
         ignored = self._ignored_names(model)
         trace = trace_model(model, inputs)
+        measured = _prepared(self.importance, model)
         groups = collect_groups(trace.clone, trace.graph, ignored, self.importance)
         rule = self.rule
-        setting = self.settings()
+
+        def counts_fraction(counts: Sequence[int | None]) -> float:
+            return planned_macs(model, inputs, groups, self._final_counts(groups, counts), trace) / trace.macs
+
+        context = PlanContext(
+            model=model, inputs=inputs, groups=tuple(groups), min_keep=self.min_keep, progress=self.progress,
+            target_macs=self.target_macs, macs_tolerance=self.macs_tolerance, kept_fraction=counts_fraction,
+        )
+        measured.update(_prepared(rule, context))
+        setting = {**self.settings(), **measured}
         macs_planned = None
         if self.target_macs is None:
             strength = rule.strength
         else:
             def kept_fraction(s: float) -> float:
-                counts = self._final_counts(groups, rule.keep_counts(groups, s))
-                return planned_macs(model, inputs, groups, counts, trace) / trace.macs
+                return counts_fraction(rule.keep_counts(groups, s))
 
             strength, fraction = solve_target_macs(
                 rule.breakpoints(groups), kept_fraction, target=self.target_macs,
@@ -267,6 +284,14 @@ def planned_macs(
     with torch.no_grad():
         _, macs, _ = counted_forward(clone, run_inputs, shape_only=trace.meta)
     return macs
+
+
+def _prepared(strategy: Any, arg: Any) -> dict[str, Any]:
+    """Run ``strategy.prepare(arg)`` when the importance or rule has one; what it reports."""
+    prepare = getattr(strategy, "prepare", None)
+    if not callable(prepare):
+        return {}
+    return dict(prepare(arg) or {})
 
 
 class _TraceCache:

@@ -45,7 +45,8 @@ class EpsilonPruner(ChannelPruner):
             declares its power (``theta = score ** (1 / power)``); any other callable
             ``group -> per-channel scores`` is used as theta as is, so ε is the relative
             residual of those scores: e.g. ``tp.importance.GroupTaylorImportance()``, after
-            a backward pass so that gradients exist.
+            a backward pass so that gradients exist. A name: ``"l2"`` (the default); the
+            adversarial Taylor importance is ``AdvTaylorImportance(data, adversarial)``.
         round_to: keep a multiple of this many channels at each group's root layer.
         min_keep: keep at least this many units per group (default 1: no layer collapse).
         ignored_layers: modules (or names) whose outputs are never pruned, besides the head.
@@ -57,7 +58,7 @@ class EpsilonPruner(ChannelPruner):
         self,
         eps: float | Mapping[str, float] | None = None,
         q: float = 2,
-        importance: ImportanceLike | None = None,
+        importance: ImportanceLike | str | None = None,
         round_to: int | None = None,
         min_keep: int = 1,
         ignored_layers: Sequence[nn.Module | str] | None = None,

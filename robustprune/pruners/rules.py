@@ -20,6 +20,12 @@ strength in target-MACs mode. The protocol (:class:`Rule`; subclass it for the d
 - ``target(group, strength)``: the ε asked of a group, shown in reports (None for ratio
   rules); ``note(group, strength)``: a per-group remark; ``settings()``: the rule's
   settings as plain data, first in the pruner's settings and repr.
+- ``prepare(context) -> dict | None`` (optional, default: nothing): called once per plan,
+  after the groups are collected and scored and before any ``keep_counts``/``breakpoints``,
+  with a :class:`PlanContext` (the model, the example inputs, the groups, ``min_keep``; in
+  target-MACs mode the target and an exact ``kept_fraction(counts)``). A rule that measures
+  the model (:class:`SensitivityRule`) does it here; it must not change the model. The dict it returns (plain data: the measurement's cost) is recorded in the
+  plan's settings and shown in the report.
 
 The rules of the package:
 
@@ -30,25 +36,73 @@ The rules of the package:
 - :class:`FixedRatioRule`: ``k = floor(n (1 - ratio))`` in every group.
 - :class:`GlobalMagnitudeRule`: one importance threshold over all groups; of the ``N``
   units, the ``N - floor(N (1 - ratio))`` least important go, wherever they are.
+- :class:`SensitivityRule`: the same global rule over robustness costs instead of
+  importance: ``prepare`` measures each group's adversarial-loss increase when it is cut
+  (:mod:`robustprune.pruners.sensitivity`), and the ``N - floor(N (1 - ratio))`` units with
+  the least loss increase per MAC removed go.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from robustprune.errors import InvalidArgumentError
+from robustprune.attacks import AdversarialConfig
+from robustprune.errors import InvalidArgumentError, PruningError
 from robustprune.metrics import k_for_eps, residual_curve
 from robustprune.pruners._checks import check_globs_match, eps_setting, match_eps
+from robustprune.pruners.adversarial import (
+    check_adversarial,
+    check_count,
+    check_data,
+    check_seed,
+    describe,
+)
 from robustprune.pruners.groups import Group
+from robustprune.pruners.sensitivity import (
+    Sensitivity,
+    check_widths,
+    fill_to_target,
+    measure_sensitivity,
+    removal_order,
+)
 
-__all__ = ["Rule", "EpsilonRule", "FixedRatioRule", "GlobalMagnitudeRule", "residual_breakpoints"]
+__all__ = [
+    "Rule",
+    "PlanContext",
+    "EpsilonRule",
+    "FixedRatioRule",
+    "GlobalMagnitudeRule",
+    "SensitivityRule",
+    "residual_breakpoints",
+]
 
 _SLACK = 1e-9  # floor(n * (1 - ratio)) must not lose a unit to rounding (0.7 * 10 = 6.9999...)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What ``Rule.prepare`` sees: the model being planned (never to be changed), the
+    example inputs the plan uses, the scored groups, the pruner's ``min_keep``, whether to
+    show progress, and in target-MACs mode the target, its tolerance and
+    ``kept_fraction(counts)``: the exact kept MACs fraction of per-group counts (after
+    ``min_keep`` and ``round_to``), as the search counts it."""
+
+    model: nn.Module
+    inputs: Any
+    groups: tuple[Group, ...]
+    min_keep: int = 1
+    progress: bool = False
+    target_macs: float | None = None
+    macs_tolerance: float = 0.01
+    kept_fraction: Callable[[list[int]], float] | None = None
 
 
 class Rule:
@@ -74,6 +128,9 @@ class Rule:
     def settings(self) -> dict[str, Any]:
         return {}
 
+    def prepare(self, context: PlanContext) -> dict[str, Any] | None:
+        return None
+
 
 class EpsilonRule(Rule):
     """Keep ``k_q(theta, ε)`` units per group (an all-zero group keeps 1)."""
@@ -84,7 +141,7 @@ class EpsilonRule(Rule):
     def __init__(self, eps: float | Mapping[str, float] | None = None, q: float = 2) -> None:
         self.eps = eps_setting(eps)
         if isinstance(q, bool) or not isinstance(q, numbers.Real) or not (q >= 1 or math.isinf(q)):
-            raise InvalidArgumentError(f"q must be a norm order >= 1 (or math.inf), got {q!r}.")
+            raise InvalidArgumentError(f"q must be a norm order >= 1 (or math.inf), got {q!r}.", argument="q")
         self.q = float(q)
 
     @property
@@ -125,7 +182,8 @@ class _RatioRule(Rule):
     def __init__(self, ratio: float | None = None) -> None:
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1):
             raise InvalidArgumentError(
-                f"ratio is the fraction of channels to remove and must be in [0, 1), got {ratio!r}."
+                f"ratio is the fraction of channels to remove and must be in [0, 1), got {ratio!r}.",
+                argument="ratio",
             )
         self.ratio = None if ratio is None else float(ratio)
 
@@ -171,6 +229,75 @@ class GlobalMagnitudeRule(_RatioRule):
     def breakpoints(self, groups: Sequence[Group]) -> list[float]:
         total = sum(g.total for g in groups)
         return [j / total for j in range(total)] if total else [0.0]
+
+
+class SensitivityRule(_RatioRule):
+    """Remove the ``N - floor(N (1 - ratio))`` units whose removal costs the least
+    adversarial loss per MAC (:mod:`robustprune.pruners.sensitivity`), measured in
+    ``prepare`` on ``data`` (held out) against ``adversarial``. A group keeps at least its
+    smallest measured width. ``ratio`` None: solve it with ``target_macs`` (then a unit that
+    would jump past the target is skipped for cheaper ones that fit, so ``ratio`` counts
+    units in that order)."""
+
+    name = "sensitivity"
+
+    def __init__(
+        self,
+        data: Any,
+        adversarial: AdversarialConfig,
+        *,
+        widths: Sequence[float] = (0.75, 0.5, 0.25, 0.1),
+        n_examples: int = 128,
+        seed: int = 0,
+        ratio: float | None = None,
+    ) -> None:
+        super().__init__(ratio)
+        check_data(data, "data")
+        self.data = data
+        self.adversarial = check_adversarial(adversarial)
+        self.widths = check_widths(widths)
+        self.n_examples = check_count(n_examples, "n_examples")
+        self.seed = check_seed(seed)
+        self.measured: Sensitivity | None = None
+        self._order: list[int] = []
+
+    def settings(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "widths": self.widths, "n_examples": self.n_examples,
+                "adversarial": describe(self.adversarial), "seed": self.seed}
+
+    def prepare(self, context: PlanContext) -> dict[str, Any]:
+        self.measured = measure_sensitivity(
+            context.model, context.inputs, context.groups, data=self.data, adversarial=self.adversarial,
+            widths=self.widths, n_examples=self.n_examples, min_keep=context.min_keep, seed=self.seed,
+            progress=context.progress,
+        )
+        self._order = removal_order(self.measured.groups)
+        if context.target_macs is not None and context.kept_fraction is not None:
+            self._order = fill_to_target(self._order, [g.total for g in context.groups], context.kept_fraction,
+                                         target=context.target_macs, tolerance=context.macs_tolerance)
+        m = self.measured
+        return {"sensitivity_seconds": round(m.seconds, 2), "loss_evaluations": m.evaluations,
+                "sensitivity_examples": m.examples, "adversarial_loss": round(m.base_loss, 4)}
+
+    def keep_counts(self, groups: Sequence[Group], strength: Any) -> list[int | None]:
+        self._check_prepared(groups)
+        total = sum(g.total for g in groups)
+        n_removed = min(len(self._order), total - math.floor(total * (1 - float(strength)) + _SLACK))
+        removed = Counter(self._order[:n_removed])
+        return [g.total - removed[i] for i, g in enumerate(groups)]
+
+    def breakpoints(self, groups: Sequence[Group]) -> list[float]:
+        self._check_prepared(groups)
+        total = sum(g.total for g in groups)
+        return [j / total for j in range(len(self._order) + 1)] if total else [0.0]
+
+    def _check_prepared(self, groups: Sequence[Group]) -> None:
+        m = self.measured
+        if m is None or [(s.name, s.total) for s in m.groups] != [(g.name, g.total) for g in groups]:
+            raise PruningError(
+                "SensitivityRule has not measured these groups: it measures in prepare(context), "
+                "which ChannelPruner.plan calls; use it through a ChannelPruner (or SensitivityPruner)."
+            )
 
 
 def residual_breakpoints(thetas: Iterable[torch.Tensor], q: float) -> list[float]:
