@@ -82,8 +82,13 @@ def test_every_pruning_method_takes_the_settings_of_its_pruner(minimal: Path, me
     assert "target_macs" in settings and "match" in settings
     assert ("eps" in settings) != ("ratio" in settings)
     key = "eps" if "eps" in settings else "ratio"
-    recipe = load_recipe(minimal, [f'prune=[{{method="{method}",{key}=[0.3]}}]'])
+    # a method that measures with an attack (sensitivity) needs an adversarial config
+    attack = ['train.adversarial={kind="pgd",eps=0.1,steps=1}'] if method == "sensitivity" else []
+    recipe = load_recipe(minimal, [f'prune=[{{method="{method}",{key}=[0.3]}}]', *attack])
     assert recipe.prune[0].method == method and getattr(recipe.prune[0], key) == (0.3,)
+    if attack:
+        with pytest.raises(RecipeError, match="measures with an attack"):
+            load_recipe(minimal, [f'prune=[{{method="{method}",{key}=[0.3]}}]'])
 
 
 def test_a_pruner_option_the_method_does_not_take_is_refused_when_loading(minimal: Path) -> None:

@@ -168,7 +168,7 @@ class ScheduledPruning:
             "method": self.method,
             "target_macs": float(self.target_macs),
             "schedule": self.schedule.to_dict(),
-            "options": {k: repr(v) for k, v in sorted(self.options.items())},
+            "options": {k: _stable_repr(v) for k, v in sorted(self.options.items())},
         }
 
 
@@ -188,6 +188,12 @@ def extend_history(model: nn.Module, history: Sequence[Mapping[str, Any]]) -> No
     if len(saved) > len(mine):
         replay_history(model, saved[len(mine):])
     model.robustprune_history = saved
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr`` without memory addresses (a DataLoader's repr changes every process)."""
+    text = repr(value)
+    return type(value).__name__ if " at 0x" in text else text
 
 
 def _check_at(at: Any) -> None:

@@ -16,16 +16,20 @@ to the original model) and the fit results.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from robustprune import distributed
 from robustprune.checkpoint import save_pruned
 from robustprune.errors import RobustPruneError
 from robustprune.pruners import prune
+from robustprune.pruners.importance import make_importance
 from robustprune.pruners.schedules import Schedule, ScheduledPruning
+from robustprune.recipe.checks import DATA_METHODS
 from robustprune.recipe.config import FinetuneConfig, Recipe
 from robustprune.recipe.parse import entry_finetune
 from robustprune.recipe.plan import Job
@@ -34,7 +38,9 @@ if TYPE_CHECKING:
     from robustprune.data import Loaders
     from robustprune.recipe.jobs import JobRunner
 
-__all__ = ["pruned_model", "scheduled", "combined_report"]
+__all__ = ["pruned_model", "scheduled", "runtime_options", "combined_report"]
+
+logger = logging.getLogger(__name__)
 
 
 def pruned_model(
@@ -48,21 +54,22 @@ def pruned_model(
     t0 = time.perf_counter()
     fit_dicts: dict[str, Any] = {}
     kind = job.entry.kind
+    options = runtime_options(job, r, loaders)
     if kind == "one-shot":
         model = dense
-        report = _one_shot(model, job, example, params)
+        report = _one_shot(model, job, example, params, options)
     elif kind == "iterative":
         model = dense
         report = None
     else:
         model = runner.init_model(r, loaders, job.seed)
-        result = _during_training(runner, job, r, loaders, model, example, params)
+        result = _during_training(runner, job, r, loaders, model, scheduled(job, example, params, options))
         report = combined_report(result.pruning)
         fit_dicts["train"] = _fit_dict(result)
     timing["train" if kind == "during-training" else "prune"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if kind == "iterative" or ft.epochs > 0:
-        pruning = scheduled(job, example, params) if kind == "iterative" else None
+        pruning = scheduled(job, example, params, options) if kind == "iterative" else None
         result = _finetune(runner, job, loaders, model, ft, dense_teacher=teacher, pruning=pruning)
         if pruning is not None:
             report = combined_report(result.pruning)
@@ -76,15 +83,35 @@ def pruned_model(
     return report, fit_dict
 
 
-def scheduled(job: Job, example: Any, params: dict[str, float]) -> ScheduledPruning:
+def scheduled(job: Job, example: Any, params: dict[str, float], options: dict[str, Any]) -> ScheduledPruning:
     """The :class:`ScheduledPruning` of a scheduled entry's job (its target: the setting,
     or the MACs of the matched model)."""
     assert job.entry is not None
     entry = job.entry
     return ScheduledPruning(
         target_macs=float(params["target_macs"]), method=entry.method,
-        schedule=entry.schedule or Schedule(), options=entry.pruner_options(), example_inputs=example,
+        schedule=entry.schedule or Schedule(), options=options, example_inputs=example,
     )
+
+
+def runtime_options(job: Job, r: Recipe, loaders: Loaders) -> dict[str, Any]:
+    """The pruner's keyword arguments: the entry's options, its importance (``adv-taylor``
+    measures on the first training batches, in order, with the finetune's attack) and, for
+    the data-measuring methods (``sensitivity``), the held-out data (``[data] validation``,
+    else the training data) and the attack."""
+    assert job.entry is not None
+    entry = job.entry
+    options = entry.pruner_options()
+    ft = entry_finetune(r, entry)
+    adversarial = ft.adversarial or (r.train.adversarial if r.train is not None else None)
+    in_order = DataLoader(loaders.train.dataset, batch_size=loaders.train.batch_size, shuffle=False)
+    if entry.importance is not None:
+        options["importance"] = make_importance(entry.importance, data=in_order, adversarial=adversarial)
+    if entry.method in DATA_METHODS:
+        if loaders.val is None:
+            logger.info("%s: no [data] validation split; %s measures on training examples", job.id, entry.method)
+        options.update(data=loaders.val if loaders.val is not None else in_order, adversarial=adversarial)
+    return options
 
 
 def combined_report(pruning: dict[str, Any] | None) -> dict[str, Any]:
@@ -105,12 +132,11 @@ def combined_report(pruning: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _one_shot(model: Any, job: Job, example: Any, params: dict[str, float]) -> dict[str, Any]:
+def _one_shot(model: Any, job: Job, example: Any, params: dict[str, float], options: dict[str, Any]) -> dict[str, Any]:
     assert job.entry is not None
     with torch.enable_grad():
         try:
-            report = prune(model, method=job.entry.method, example_inputs=example, **params,
-                           **job.entry.pruner_options())
+            report = prune(model, method=job.entry.method, example_inputs=example, **params, **options)
         except RobustPruneError as exc:
             raise type(exc)(f"{job.id}: {exc}") from exc
     out = report.to_dict()
@@ -120,13 +146,11 @@ def _one_shot(model: Any, job: Job, example: Any, params: dict[str, float]) -> d
 
 
 def _during_training(
-    runner: JobRunner, job: Job, r: Recipe, loaders: Loaders, model: Any, example: Any,
-    params: dict[str, float],
+    runner: JobRunner, job: Job, r: Recipe, loaders: Loaders, model: Any, pruning: ScheduledPruning,
 ) -> Any:
     """Train from initialization with the pruning steps inside the dense training,
     starting from the dense run's snapshot at the first step when there is one."""
     assert r.train is not None and job.entry is not None
-    pruning = scheduled(job, example, params)
     first = pruning.schedule.epochs(r.train.epochs)[0]
     snapshot = runner.snapshot(job, first) if first > 0 else None
     path = runner.checkpoint_path(job)

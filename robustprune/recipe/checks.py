@@ -18,6 +18,7 @@ from robustprune.attacks import ADVERSARIAL_KINDS, NORMS, AdversarialConfig
 from robustprune.data import dataset_options
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners import PRUNERS
+from robustprune.pruners.importance import IMPORTANCES as _IMPORTANCE_REGISTRY
 from robustprune.pruners.schedules import SCHEDULE_KINDS, Schedule
 from robustprune.regularizers import REGULARIZERS
 from robustprune.train import AMP_MODES, SCHEDULERS, FitConfig
@@ -25,6 +26,8 @@ from robustprune.train import AMP_MODES, SCHEDULERS, FitConfig
 __all__ = [
     "METHODS",
     "IMPORTANCES",
+    "DATA_METHODS",
+    "needs_attack",
     "ANALYSIS_MODELS",
     "ANALYSIS_NORMS",
     "CONV_NORMS",
@@ -48,8 +51,12 @@ __all__ = [
 
 #: the methods of a ``[[prune]]`` entry: every pruner, and the scratch baseline
 METHODS: tuple[str, ...] = (*PRUNERS, "scratch")
-#: the channel importances a ``[[prune]]`` entry may name
-IMPORTANCES: tuple[str, ...] = ("l2", "adv-taylor")
+#: the channel importances a ``[[prune]]`` entry may name (``robustprune.pruners.importance``)
+IMPORTANCES: tuple[str, ...] = tuple(_IMPORTANCE_REGISTRY)
+#: the pruning methods that measure on data with an attack (``data=``, ``adversarial=``)
+DATA_METHODS: tuple[str, ...] = tuple(
+    m for m, cls in PRUNERS.items() if "data" in inspect.signature(cls).parameters
+)
 #: which models ``[analysis]`` analyzes
 ANALYSIS_MODELS = ("none", "dense", "all")
 #: the operator norms :func:`robustprune.analysis.analyze` reports
@@ -59,7 +66,7 @@ CONV_NORMS = ("matricized", "operator")
 #: the pruning settings a ``[[prune]]`` entry sweeps (one model per value)
 SETTING_KEYS = ("eps", "ratio", "target_macs")
 #: the pruner options a ``[[prune]]`` entry may pass on
-PRUNER_OPTIONS = ("q", "round_to", "min_keep")
+PRUNER_OPTIONS = ("q", "round_to", "min_keep", "widths", "n_examples")
 
 #: allowed values of library-config fields whose type hints do not list them
 _LIBRARY_CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
@@ -117,7 +124,7 @@ def check_pruner_options(method: str, options: Mapping[str, Any]) -> None:
                 argument=key,
             )
         try:
-            PRUNERS[method](target_macs=0.5, **{key: value})
+            PRUNERS[method](target_macs=0.5, **_probe(method), **{key: value})
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(str(exc), argument=key) from None
 
@@ -150,6 +157,21 @@ def check_scheduled_entry(entry: Any) -> None:
 
 class _NoImportance:
     def __init__(self) -> None: ...
+
+
+def _probe(method: str) -> dict[str, Any]:
+    """Stand-in data and attack for building a data-measuring pruner to check its options."""
+    if method not in DATA_METHODS:
+        return {}
+    import torch
+
+    return {"data": (torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)),
+            "adversarial": AdversarialConfig(eps=0.1, steps=1)}
+
+
+def needs_attack(entry: Any) -> bool:
+    """Whether a ``[[prune]]`` entry measures with an attack (sensitivity, adv-taylor)."""
+    return entry.method in DATA_METHODS or entry.importance == "adv-taylor"
 
 
 def check_prune_entries(entries: Sequence[Any], compare: Any = None, *, trained: bool = True) -> None:

@@ -83,7 +83,9 @@ class PruneConfig:
 
     ``schedule`` (default one-shot) prunes iteratively during the finetune or during the
     dense training (needs ``target_macs`` or ``match``); ``importance`` picks the channel
-    scores (``"l2"`` or ``"adv-taylor"``); ``finetune`` overrides fields of ``[finetune]``
+    scores (``"l2"`` or ``"adv-taylor"``, measured with the finetune's attack on the
+    training data); ``widths``/``n_examples`` are the ``sensitivity`` method's options (it
+    measures on ``[data] validation`` when set, else on training data); ``finetune`` overrides fields of ``[finetune]``
     for this entry (``{ epochs = 20, distill = { weight = 0.5 } }``; a nested table replaces
     the section's one); ``regularizers`` are added to this entry's finetuning loss (e.g.
     beta-control); ``reference``/``scratch`` name the entries it is compared with.
@@ -98,6 +100,8 @@ class PruneConfig:
     q: float | None = None
     round_to: int | None = None
     min_keep: int | None = None
+    widths: tuple[float, ...] = field(default=(), metadata=OMIT_EMPTY)
+    n_examples: int | None = None
     importance: str | None = None
     schedule: Schedule | None = None
     finetune: dict[str, Any] = field(default_factory=dict, metadata=OMIT_EMPTY)
@@ -134,8 +138,11 @@ class PruneConfig:
         return []
 
     def pruner_options(self) -> dict[str, Any]:
-        """Extra keyword arguments for the pruner (``q``, ``round_to``, ``min_keep``)."""
-        out = {"q": self.q, "round_to": self.round_to, "min_keep": self.min_keep}
+        """Extra keyword arguments for the pruner (``q``, ``round_to``, ``min_keep``, and
+        the sensitivity method's ``widths`` and ``n_examples``); the importance and the data
+        are added when the run builds the pruner."""
+        out = {"q": self.q, "round_to": self.round_to, "min_keep": self.min_keep,
+               "widths": self.widths or None, "n_examples": self.n_examples}
         return {k: v for k, v in out.items() if v is not None}
 
 

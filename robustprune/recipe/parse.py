@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from robustprune.errors import InvalidArgumentError, RecipeError
+from robustprune.recipe.checks import needs_attack
 from robustprune.recipe.config import FinetuneConfig, PruneConfig, Recipe, SweepAxis
 from robustprune.recipe.schema import Where, build, convert, format_value
 from robustprune.recipe.serialize import to_data
@@ -81,7 +82,13 @@ def parse_recipe(
         given["sweep"] = _sweep(raw["sweep"], where)
     recipe = build(Recipe, dict(raw), "", where, **given)
     for i, entry in enumerate(recipe.prune):  # every entry's own finetune is valid now, not mid-run
-        entry_finetune(recipe, entry)
+        ft = entry_finetune(recipe, entry)
+        if needs_attack(entry) and ft.adversarial is None and (recipe.train is None or recipe.train.adversarial is None):
+            raise RecipeError(
+                f"{where.at(f'prune[{i}]')}: prune[{i}]: method '{entry.method}' with importance "
+                f"{entry.importance or 'l2'!r} measures with an attack: give [finetune] or [train] an "
+                "adversarial = { ... } config."
+            )
         if entry.kind == "during-training" and recipe.train is not None:
             try:
                 entry.schedule.epochs(recipe.train.epochs)
