@@ -1,5 +1,11 @@
 """The measurements of a results row: evaluation (clean, AutoAttack, MACs, params, latency)
-and, where ``[analysis]`` asks for it, the compressibility analysis."""
+and, where ``[analysis]`` asks for it, the compressibility analysis.
+
+Robust accuracy is measured at ``[eval] eps`` (the ``robust_accuracy`` column) and at every
+``[eval] extra_eps`` budget, with the same attacks, seed and iterations on the same first
+``n_examples`` test examples; ``robust_at`` holds them all, keyed by
+:func:`robustprune.recipe.sections.budget_key` (``{"0.031": 0.45, "0.0313725": 0.44}``), and
+``robust_extra`` the full results of the extra budgets (per attack)."""
 
 from __future__ import annotations
 
@@ -9,10 +15,12 @@ from typing import Any
 import torch
 
 from robustprune.analysis import DEFAULT_DELTA, analyze
+from robustprune.attacks import robust_accuracy
 
 # the one import of the evaluation module (being renamed robustprune.evaluation)
 from robustprune.evaluation import evaluate
 from robustprune.recipe.config import Recipe
+from robustprune.recipe.sections import budget_key
 
 __all__ = ["evaluation_row", "analysis_report", "analysis_summary"]
 
@@ -25,23 +33,21 @@ def evaluation_row(
     device: Any, progress: bool,
 ) -> dict[str, Any]:
     """The evaluation columns of a row; ``macs_kept``/``params_kept`` relative to
-    ``dense_row`` (the model itself when it is the dense one)."""
+    ``dense_row`` (the model itself when it is the dense one); ``robust_at`` per budget
+    (None without ``eps``)."""
     e = r.eval
+    attack = {
+        "norm": e.norm, "attacks": "standard" if e.attacks == ("standard",) else e.attacks,
+        "n_examples": e.n_examples, "seed": seed, "batch_size": e.batch_size, "n_iter": e.n_iter,
+        "progress": progress,
+    }
     result = evaluate(
-        model,
-        loader,
-        norm=e.norm,
-        eps=e.eps,
-        attacks="standard" if e.attacks == ("standard",) else e.attacks,
-        n_examples=e.n_examples,
-        example_inputs=example,
-        latency=e.latency,
-        device=device,
-        seed=seed,
-        batch_size=e.batch_size,
-        n_iter=e.n_iter,
-        progress=progress,
+        model, loader, eps=e.eps, example_inputs=example, latency=e.latency, device=device, **attack,
     )
+    extra = {
+        budget_key(eps): robust_accuracy(model, loader, eps=eps, device=device, **attack)
+        for eps in e.extra_eps
+    }
     macs0 = dense_row["macs"] if dense_row else result.macs
     params0 = dense_row["params"] if dense_row else result.params
     robust = result.robust_accuracy
@@ -54,6 +60,12 @@ def evaluation_row(
     }
     if result.robust is not None:
         settings["n"] = result.robust.n
+    if e.extra_eps:
+        settings["extra_eps"] = list(e.extra_eps)
+    robust_at = None
+    if result.robust is not None:
+        robust_at = {budget_key(result.robust.eps): result.robust.robust_accuracy}
+        robust_at.update((k, v.robust_accuracy) for k, v in extra.items())
     return {
         "macs": int(result.macs),
         "params": int(result.params),
@@ -69,6 +81,8 @@ def evaluation_row(
         "latency_ms": dict(result.latency_ms or {}),
         "eval_settings": settings,
         "eval": result.to_dict(),
+        "robust_at": robust_at,
+        "robust_extra": {k: v.to_dict() for k, v in extra.items()},
     }
 
 

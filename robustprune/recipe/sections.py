@@ -26,6 +26,7 @@ from robustprune.recipe.checks import (
     dataset_options,
     regularizer_options,
 )
+from robustprune.recipe.serialize import OMIT_EMPTY
 from robustprune.regularizers import REGULARIZERS
 from robustprune.train import FitConfig
 from robustprune.train.distill import DISTILL_TARGETS, DistillConfig
@@ -39,6 +40,7 @@ __all__ = [
     "FinetuneConfig",
     "EvalConfig",
     "AnalysisConfig",
+    "budget_key",
 ]
 
 _NO_TEACHER = nn.Identity()  # validates a DistillSpec's numbers without a model
@@ -169,10 +171,17 @@ class TrainConfig(FitConfig):
 @dataclass(frozen=True)
 class EvalConfig:
     """``[eval]``: clean accuracy, AutoAttack robust accuracy (``eps = None``: clean only;
-    ``attacks`` from :data:`robustprune.attacks.ATTACKS`), MACs, params and latency."""
+    ``attacks`` from :data:`robustprune.attacks.ATTACKS`), MACs, params and latency.
+
+    ``eps`` is the main budget (the ``robust_accuracy`` column); ``extra_eps`` are further
+    budgets attacked with the same attacks on the same examples (e.g. ``eps = 0.031``,
+    ``extra_eps = ["8/255"]``). Every budget's robust accuracy lands in the row's
+    ``robust_at``, keyed by :func:`budget_key` (``f"{eps:.6g}"``: ``"0.031"``,
+    ``"0.0313725"`` for 8/255)."""
 
     norm: str = field(default="Linf", metadata={"choices": NORMS})
     eps: float | None = None
+    extra_eps: tuple[float, ...] = field(default=(), metadata=OMIT_EMPTY)
     attacks: tuple[str, ...] = field(default=("apgd-ce", "apgd-t"), metadata={"choices": ATTACKS})
     n_examples: int | None = None
     n_iter: int = 100
@@ -183,6 +192,7 @@ class EvalConfig:
         check_choices(self)
         if self.eps is not None:
             check_budget("eps", self.eps, self.norm)
+        self._check_extra_eps()
         if "standard" in self.attacks and len(self.attacks) > 1:
             raise InvalidArgumentError(
                 'attacks must be either ["standard"] (the full AutoAttack ensemble) or a list of '
@@ -195,6 +205,37 @@ class EvalConfig:
         check_int("n_examples", self.n_examples, 1, optional=True)
         check_int("n_iter", self.n_iter, 1)
         check_int("batch_size", self.batch_size, 1)
+
+    @property
+    def budgets(self) -> tuple[float, ...]:
+        """Every budget attacked: ``eps`` first, then ``extra_eps`` (empty without ``eps``)."""
+        return () if self.eps is None else (self.eps, *self.extra_eps)
+
+    def _check_extra_eps(self) -> None:
+        if not self.extra_eps:
+            return
+        if self.eps is None:
+            raise InvalidArgumentError(
+                "extra_eps needs the main budget eps (robust_accuracy is measured at eps, the extra "
+                "budgets on the same examples); set eps or remove extra_eps.",
+                argument="extra_eps",
+            )
+        for value in self.extra_eps:
+            check_budget("extra_eps", value, self.norm)
+        keys = [budget_key(v) for v in self.budgets]
+        if len(set(keys)) != len(keys):
+            raise InvalidArgumentError(
+                f"extra_eps must hold distinct budgets that differ from eps = {keys[0]} (budgets are "
+                f"compared to six significant digits: {', '.join(keys)}).",
+                argument="extra_eps",
+            )
+
+
+def budget_key(eps: float) -> str:
+    """The key of budget ``eps`` in a row's ``robust_at``: ``f"{eps:.6g}"`` (six significant
+    digits, stable for fractions: ``budget_key(8 / 255) == "0.0313725"``,
+    ``budget_key(0.031) == "0.031"``)."""
+    return f"{float(eps):.6g}"
 
 
 @dataclass(frozen=True)
