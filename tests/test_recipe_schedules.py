@@ -85,7 +85,7 @@ def test_every_row_records_its_total_cost_schedule_and_comparisons(run):
     assert len(iterative["prune"]["steps"]) == 2
     early = rows["seed0/early/target_macs=0.5"]
     assert early["cost"]["epochs"] == 3 and early["schedule"] == {"kind": "during-training", "steps": 1,
-                                                                   "at": 1, "every": 1}
+                                                                   "at": 1, "every": 1, "restart": False}
     scratch = rows["seed0/scratch/match=fixed:target_macs=0.5"]
     assert scratch["cost"]["epochs"] == fixed["cost"]["epochs"]
     assert scratch["compare_key"] == fixed["compare_key"]

@@ -102,6 +102,41 @@ def test_iterative_pruning_reaches_the_target_in_steps_with_finetuning_between(d
     assert result.final_test_accuracy > 0.3  # it still trains after each step
 
 
+def test_a_restarting_schedule_starts_the_learning_rate_over_after_each_step(digits):
+    model = _cnn(digits)
+    plan = ScheduledPruning(target_macs=0.5, method="fixed",
+                            schedule=Schedule(kind="iterative", steps=2, restart=True))
+    result = fit(model, digits.train, 4, lr=0.05, progress=False, pruning=plan)
+    lrs = [h.lr for h in result.history]  # the lr at the end of each epoch
+    assert lrs[1] < lrs[0] and lrs[2] > lrs[1] and lrs[3] < lrs[2]  # two cosine cycles of 2 epochs
+    assert lrs[1] == pytest.approx(lrs[3], rel=1e-6)
+    continued = _cnn(digits)
+    plain = fit(continued, digits.train, 4, lr=0.05, progress=False,
+                pruning=ScheduledPruning(target_macs=0.5, method="fixed", schedule=Schedule(kind="iterative", steps=2)))
+    assert [h.lr for h in plain.history] == sorted((h.lr for h in plain.history), reverse=True)
+
+
+def test_resume_inside_a_restarted_schedule_is_bit_identical(digits, tmp_path):
+    plan = ScheduledPruning(target_macs=0.5, method="fixed",
+                            schedule=Schedule(kind="iterative", steps=2, restart=True))
+    reference = _cnn(digits)
+    fit(reference, _loader(digits), 4, lr=0.05, progress=False, pruning=plan, seed=2)
+
+    class Killed(Exception):
+        pass
+
+    def kill(stats):
+        if stats.epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(_cnn(digits), _loader(digits), 4, lr=0.05, progress=False, pruning=plan, seed=2,
+            checkpoint_dir=tmp_path, on_epoch_end=kill)
+    resumed = _cnn(digits)
+    fit(resumed, _loader(digits), 4, lr=0.05, progress=False, pruning=plan, seed=2, checkpoint_dir=tmp_path)
+    assert _same_weights(resumed, reference)
+
+
 def test_during_training_prunes_at_the_chosen_epoch_and_keeps_training(digits):
     model = _cnn(digits)
     before = _macs(model)

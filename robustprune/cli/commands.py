@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from robustprune import distributed
 from robustprune._inputs import resolve_example_inputs
 from robustprune.analysis import analyze
 from robustprune.checkpoint import load_pruned, save_pruned
@@ -100,15 +101,76 @@ def cmd_prune(args: argparse.Namespace) -> int:
         kwargs["ratio"] = args.ratio
     if args.round_to is not None:
         kwargs["round_to"] = args.round_to
-    with torch.enable_grad():
-        report = prune(model, **kwargs)  # example inputs inferred from the checkpoint's model
+    if args.schedule == "iterative" or args.finetune_epochs > 0:
+        report, fit_dict = _prune_and_finetune(model, meta, args, kwargs)
+    else:
+        with torch.enable_grad():
+            report = prune(model, **kwargs)  # example inputs inferred from the checkpoint's model
+        fit_dict = None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new_meta = {**meta, "pruned_from": str(args.checkpoint), "prune_report": report.to_dict()}
+    if fit_dict is not None:
+        new_meta["fit"] = fit_dict
     save_pruned(model, out, meta=new_meta)
     _print_report(report, args.format)
     print(f"Saved {out}", file=sys.stderr)
     return 0
+
+
+def _prune_and_finetune(model: Any, meta: dict[str, Any], args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:
+    """``prune --schedule iterative`` / ``--finetune-epochs``: prune (in steps) and finetune
+    on the data, optionally adversarially and with distillation from the unpruned model."""
+    import copy
+
+    from robustprune.attacks import AdversarialConfig
+    from robustprune.pruners.schedules import Schedule, ScheduledPruning
+    from robustprune.train import DistillConfig, FitConfig, fit
+
+    epochs = int(args.finetune_epochs)
+    adversarial = None if args.adv_eps is None else AdversarialConfig(kind="pgd", eps=args.adv_eps, steps=args.adv_steps)
+    cfg = FitConfig(epochs=epochs, lr=args.lr, adversarial=adversarial)  # checked before any work
+    if args.schedule == "iterative" and "target_macs" not in kwargs:
+        raise InvalidArgumentError("--schedule iterative drives the pruner to a MACs target: give --target-macs.")
+    if args.schedule == "iterative" and epochs < 1:
+        raise InvalidArgumentError("--schedule iterative finetunes between its steps: give --finetune-epochs >= 1.")
+    data_name, data_opts = _data_choice(args, meta)
+    loaders = create_loaders(data_name, batch_size=args.batch_size, **data_opts)
+    distill = None if args.distill is None else DistillConfig(teacher=copy.deepcopy(model), weight=args.distill)
+    pruning = None
+    if args.schedule == "iterative":
+        options = {k: v for k, v in kwargs.items() if k not in ("method", "target_macs")}
+        pruning = ScheduledPruning(target_macs=kwargs["target_macs"], method=kwargs["method"], options=options,
+                                   schedule=Schedule(kind="iterative", steps=args.steps, restart=args.restart))
+    else:
+        with torch.enable_grad():
+            report = prune(model, **kwargs)
+    if distill is not None:
+        distill.teacher.to(distributed.resolve_device(args.device))
+    result = fit(model, loaders, cfg, device=args.device, pruning=pruning, distill=distill)
+    if pruning is not None:
+        from robustprune.recipe.build import combined_report
+
+        return _Report(combined_report(result.pruning)), result.to_dict()
+    return report, result.to_dict()
+
+
+class _Report:
+    """A combined report of several pruning steps, printed like a PruningReport."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def __str__(self) -> str:
+        steps = ", ".join(f"{s['macs_kept']:.1%}" for s in self.data.get("steps", []))
+        return (f"{self.data['method']} pruning in {len(self.data.get('steps', []))} steps (MACs kept per step: {steps}); "
+                f"MACs kept {self.data['macs_kept']:.1%} of the original, params {self.data['params_kept']:.1%}")
+
+    def to_markdown(self) -> str:
+        return str(self)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -113,8 +113,33 @@ def _add_prune(sub: Any) -> None:
     p.add_argument("--round-to", type=int, default=None, help="round kept channels up to a multiple of this")
     p.add_argument("--out", required=True, metavar="OUT", help="output checkpoint path")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    _add_finetune(p)
     _add_threads(p)
     p.set_defaults(func=cmd_prune)
+
+
+def _add_finetune(p: argparse.ArgumentParser) -> None:
+    """The schedule and finetune options of ``robustprune prune``."""
+    g = p.add_argument_group(
+        "schedule and finetune",
+        "prune iteratively and/or finetune after pruning on --data (a during-training schedule "
+        "prunes inside the dense training: use a recipe, see docs/recipes.md)",
+    )
+    g.add_argument("--schedule", choices=["one-shot", "iterative"], default="one-shot",
+                   help="one-shot (default) or iterative: --steps pruning steps inside the finetune, "
+                   "geometric in MACs, an equal share of the epochs after each (needs --target-macs)")
+    g.add_argument("--steps", type=_positive_int, default=3, help="pruning steps of an iterative schedule (default 3)")
+    g.add_argument("--restart", action="store_true", help="restart the learning-rate schedule after each step")
+    g.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="finetune epochs after (and, iterative, between) pruning steps (default 0)")
+    g.add_argument("--lr", type=float, default=0.01, help="finetune learning rate (default 0.01)")
+    g.add_argument("--data", metavar="NAME", help="finetune dataset (default: the one recorded in the checkpoint)")
+    g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--adv-eps", type=_budget, default=None, help="adversarial finetune budget (PGD), e.g. 0.2 or 8/255 (default: a standard finetune)")
+    g.add_argument("--adv-steps", type=int, default=5, help="PGD steps of the adversarial finetune (default 5)")
+    g.add_argument("--distill", type=float, default=None, metavar="W",
+                   help="distil from the unpruned checkpoint with weight W in [0, 1] (temperature 2)")
+    g.add_argument("--device", default="auto")
 
 
 def _add_eval(sub: Any) -> None:

@@ -16,7 +16,8 @@ schedule started), in ``steps`` pruning steps whose targets are geometric in MAC
 :func:`robustprune.train.fit` executes a :class:`ScheduledPruning` (``fit(...,
 pruning=...)``): before each scheduled epoch it prunes the model, then rebuilds the
 optimizer over the new parameters (momentum buffers start over) and the scheduler at the
-current update, so the learning-rate curve continues where it was. Under DDP rank 0
+current update, so the learning-rate curve continues where it was (or, with
+``Schedule(restart=True)``, starts over for the epochs until the next step). Under DDP rank 0
 decides what to keep and broadcasts it, so every rank prunes identically.
 """
 
@@ -45,12 +46,15 @@ class Schedule:
     """When to prune: ``kind`` (one of :data:`SCHEDULE_KINDS`), the number of ``steps``,
     and for ``during-training`` the epoch ``at`` of the first step (an int epoch index, or a
     float fraction of the training's epochs in [0, 1)) and the epochs ``every`` between
-    steps. ``one-shot`` has exactly one step."""
+    steps. ``one-shot`` has exactly one step. With ``restart`` the learning-rate schedule
+    starts over after every pruning step and spans the epochs until the next step (or the
+    end), as in prune-then-finetune cycles; without it one schedule spans the whole fit."""
 
     kind: ScheduleKind = "one-shot"
     steps: int = 1
     at: int | float | None = None
     every: int = 1
+    restart: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
@@ -65,6 +69,8 @@ class Schedule:
                 f"a one-shot schedule has one step, got steps={self.steps}; use kind='iterative'.",
                 argument="steps",
             )
+        if not isinstance(self.restart, bool):
+            raise InvalidArgumentError(f"restart must be true or false, got {self.restart!r}.", argument="restart")
         if isinstance(self.every, bool) or not isinstance(self.every, numbers.Integral) or self.every < 1:
             raise InvalidArgumentError(f"every must be an integer >= 1, got {self.every!r}.", argument="every")
         if self.kind == "during-training":
@@ -94,7 +100,8 @@ class Schedule:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "steps": int(self.steps), "at": self.at, "every": int(self.every)}
+        return {"kind": self.kind, "steps": int(self.steps), "at": self.at, "every": int(self.every),
+                "restart": bool(self.restart)}
 
 
 def schedule_targets(target_macs: float, steps: int) -> tuple[float, ...]:

@@ -88,8 +88,9 @@ class JobRunner:
             row.update(update)
         t0 = time.perf_counter()
         dense_row = self.rows.get(job.id.rsplit("/", 2)[0] + "/dense") if job.label != "dense" else None
+        eval_loader = loaders.val if r.eval.split == "val" else loaders.test
         row.update(evaluation_row(
-            model, r, loaders.test, example, seed=job.seed, dense_row=dense_row,
+            model, r, eval_loader, example, seed=job.seed, dense_row=dense_row,
             device=self.device, progress=self.progress,
         ))
         timing["eval"] = time.perf_counter() - t0

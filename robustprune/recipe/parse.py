@@ -81,6 +81,8 @@ def parse_recipe(
     if "sweep" in raw:
         given["sweep"] = _sweep(raw["sweep"], where)
     recipe = build(Recipe, dict(raw), "", where, **given)
+    if recipe.eval.split == "val" and not recipe.data.validation:
+        raise RecipeError(f"{where.at('eval.split')}: eval.split = \"val\" needs a [data] validation = <fraction> split.")
     for i, entry in enumerate(recipe.prune):  # every entry's own finetune is valid now, not mid-run
         ft = entry_finetune(recipe, entry)
         if needs_attack(entry) and ft.adversarial is None and (recipe.train is None or recipe.train.adversarial is None):

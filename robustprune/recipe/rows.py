@@ -43,9 +43,9 @@ def schedule_column(entry: PruneConfig | None) -> dict[str, Any] | None:
     if entry is None or entry.method == "scratch":
         return None
     if entry.schedule is None:
-        return {"kind": "one-shot", "steps": 1, "at": None}
+        return {"kind": "one-shot", "steps": 1, "at": None, "every": 1, "restart": False}
     s = entry.schedule
-    return {"kind": s.kind, "steps": int(s.steps), "at": s.at, "every": int(s.every)}
+    return {"kind": s.kind, "steps": int(s.steps), "at": s.at, "every": int(s.every), "restart": s.restart}
 
 
 def finetune_column(cfg: FinetuneConfig, entry: PruneConfig) -> dict[str, Any]:

@@ -177,7 +177,8 @@ class EvalConfig:
     budgets attacked with the same attacks on the same examples (e.g. ``eps = 0.031``,
     ``extra_eps = ["8/255"]``). Every budget's robust accuracy lands in the row's
     ``robust_at``, keyed by :func:`budget_key` (``f"{eps:.6g}"``: ``"0.031"``,
-    ``"0.0313725"`` for 8/255)."""
+    ``"0.0313725"`` for 8/255). ``split = "val"`` evaluates on the ``[data] validation``
+    split instead of the test set (to choose settings without touching the test set)."""
 
     norm: str = field(default="Linf", metadata={"choices": NORMS})
     eps: float | None = None
@@ -187,6 +188,7 @@ class EvalConfig:
     n_iter: int = 100
     batch_size: int = 256
     latency: bool = True
+    split: str = field(default="test", metadata={"choices": ("test", "val")})
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -33,7 +33,7 @@ from robustprune.pruners.schedules import ScheduledPruning, extend_history
 from robustprune.train.config import FitConfig, resolve_config
 from robustprune.train.distill import DistillConfig, check_teacher
 from robustprune.train.loop import Loop, LoopSettings
-from robustprune.train.pruning import PruningDriver
+from robustprune.train.pruning import PruningDriver, ShiftedScheduler
 from robustprune.train.results import EpochStats, FitResult
 from robustprune.train.resume import (
     CHECKPOINT_NAME,
@@ -180,7 +180,7 @@ class _Run:
 
     def __init__(
         self, state: TrainingState, settings: LoopSettings, ctx: distributed.DistContext,
-        fingerprint: dict[str, Any], extras: _Extras, *, rebuild: Callable[[], tuple[Any, Any]],
+        fingerprint: dict[str, Any], extras: _Extras, *, rebuild: Callable[[int], tuple[Any, Any]],
         steps_per_epoch: int, driver: PruningDriver | None,
     ) -> None:
         self.state, self.settings, self.ctx = state, settings, ctx
@@ -226,7 +226,7 @@ class _Run:
         if saved.get("pruning_history"):
             extend_history(state.net, saved["pruning_history"])
             state.net.to(dev)
-            state.optimizer, state.scheduler = self.rebuild()
+            state.optimizer, state.scheduler = self.rebuild(int(saved["epoch"]))
         history = restore(saved, state, self.ctx)
         logger.info("resuming from %s after epoch %d", source, int(saved["epoch"]))
         return history, int(saved["epoch"])
@@ -239,7 +239,7 @@ class _Run:
         for step in self.driver.steps_at(epoch):
             changed |= self.driver.run(self.state.net, step) is not None
         if changed:
-            self.state.optimizer, self.state.scheduler = self.rebuild()
+            self.state.optimizer, self.state.scheduler = self.rebuild(epoch)
             if self.state.scheduler is not None:
                 self.state.scheduler.step_update(num_updates=epoch * self.steps_per_epoch)
         return changed
@@ -280,17 +280,28 @@ def _move(net: nn.Module, regs: tuple[Regularizer, ...], device: torch.device) -
             r.to(device)
 
 
-def _optimizer_and_scheduler(net: nn.Module, cfg: FitConfig, steps_per_epoch: int) -> tuple[Any, Any]:
-    """timm's optimizer over ``net``'s current parameters and its per-update schedule."""
+def _optimizer_and_scheduler(
+    net: nn.Module, cfg: FitConfig, steps_per_epoch: int, *, window: tuple[int, int] | None = None
+) -> tuple[Any, Any]:
+    """timm's optimizer over ``net``'s current parameters and its per-update schedule, over
+    the whole fit or, with ``window = (start, stop)`` epochs, a fresh schedule over those
+    epochs (no warmup) stepped by the fit's global update count."""
     opt = create_optimizer(
         net, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
         extra=cfg.optimizer_kwargs,
     )
+    if window is None:
+        sched = create_scheduler(
+            opt, cfg.scheduler, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+            steps_per_epoch=steps_per_epoch, extra=cfg.scheduler_kwargs,
+        )
+        return opt, sched
+    start, stop = window
     sched = create_scheduler(
-        opt, cfg.scheduler, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+        opt, cfg.scheduler, epochs=stop - start, warmup_epochs=0, min_lr=cfg.min_lr,
         steps_per_epoch=steps_per_epoch, extra=cfg.scheduler_kwargs,
     )
-    return opt, sched
+    return opt, None if sched is None else ShiftedScheduler(sched, start * steps_per_epoch)
 
 
 def _prepare(
@@ -316,8 +327,13 @@ def _prepare(
     settings = LoopSettings(cfg.adversarial, amp, dev, cfg.clip_grad_norm, progress, cfg.epochs, ckpt_path,
                             distill=distill)
     state = TrainingState(net, opt, sched, regs, train_loader, torch.Generator(device=dev))
-    return _Run(state, settings, ctx, fingerprint, extras,
-                rebuild=lambda: _optimizer_and_scheduler(net, cfg, steps_per_epoch),
+    def rebuild(epoch: int) -> tuple[Any, Any]:
+        """The optimizer and scheduler after a pruning step before ``epoch``: one schedule
+        over the fit, or (a restarting schedule) one over the epochs until the next step."""
+        window = None if driver is None else driver.lr_window(epoch)
+        return _optimizer_and_scheduler(net, cfg, steps_per_epoch, window=window)
+
+    return _Run(state, settings, ctx, fingerprint, extras, rebuild=rebuild,
                 steps_per_epoch=steps_per_epoch, driver=driver)
 
 

@@ -24,7 +24,7 @@ from robustprune.errors import PruningError
 from robustprune.pruners import Plan, PruningReport, count_macs_params
 from robustprune.pruners.schedules import ScheduledPruning, schedule_targets
 
-__all__ = ["PruningDriver"]
+__all__ = ["PruningDriver", "ShiftedScheduler"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,24 @@ class PruningDriver:
     ) -> None:
         self.pruning, self.example, self.ctx = pruning, example, ctx
         self.epochs_at = pruning.schedule.epochs(epochs)
+        self.total_epochs = int(epochs)
         self.targets = schedule_targets(pruning.target_macs, pruning.schedule.steps)
         with torch.enable_grad():
             self.macs_original = count_macs_params(net, example)[0]
         self.reports: list[PruningReport] = []
+
+    def lr_window(self, epoch: int) -> tuple[int, int] | None:
+        """With a restarting schedule, the epochs ``(start, stop)`` of the learning-rate
+        schedule that ``epoch`` trains under (from its pruning step to the next one or to
+        the end); None without restarts or before the first step."""
+        if not self.pruning.schedule.restart:
+            return None
+        starts = sorted(set(self.epochs_at))
+        before = [e for e in starts if e <= epoch]
+        if not before:
+            return None
+        after = [e for e in starts if e > before[-1]]
+        return before[-1], after[0] if after else self.total_epochs
 
     def steps_at(self, epoch: int) -> list[int]:
         """Indices of the steps that prune before ``epoch`` (several when a short finetune
@@ -100,3 +114,20 @@ def _from_rank0(plan: Plan, ctx: distributed.DistContext) -> Plan:
         )
     groups = tuple(dataclasses.replace(g, keep=tuple(keep)) for g, (_, keep) in zip(plan.groups, decided))
     return dataclasses.replace(plan, groups=groups)
+
+
+class ShiftedScheduler:
+    """A timm scheduler that starts at update ``offset`` of the fit: ``step_update(n)``
+    steps the wrapped one with ``n - offset`` (its state dict is the wrapped one's)."""
+
+    def __init__(self, scheduler: Any, offset: int) -> None:
+        self.scheduler, self.offset = scheduler, int(offset)
+
+    def step_update(self, num_updates: int, metric: Any = None) -> None:
+        self.scheduler.step_update(num_updates=max(0, num_updates - self.offset), metric=metric)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
