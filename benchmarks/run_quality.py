@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -239,27 +240,41 @@ def select_weights(part: Part, s: Settings, args: argparse.Namespace) -> tuple[d
 # --------------------------------------------------------------------------- running
 
 
-def _run_one(task: tuple[dict[str, Any], str, bool]) -> list[dict[str, Any]]:
-    import torch
-
-    from robustprune.recipe import parse_recipe, run_recipe
-
-    raw, runs, progress = task
-    torch.set_num_threads(1)
-    recipe = parse_recipe({**raw, "output": runs}, source=f"benchmarks/run_quality.py:{raw['name']}")
-    result = run_recipe(recipe, device="cpu", progress=False)
-    print(f"{raw['name']}: {result.run_dir}", file=sys.stderr, flush=True)
-    return list(result.rows)
-
-
 def run_all(tasks: list[tuple[dict[str, Any], str, bool]], jobs: int) -> list[dict[str, Any]]:
-    """Run the recipes (one per seed) in ``jobs`` worker processes; every row, in order."""
-    if jobs <= 1 or len(tasks) == 1:
-        results = [_run_one(t) for t in tasks]
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
-            results = pool.map(_run_one, tasks, chunksize=1)
-    return [row for rows in results for row in rows]
+    """Run the recipes (one per seed) with ``robustprune run``, at most ``jobs`` at a time,
+    each in its own process with one torch thread; every row, in task order."""
+    from robustprune.recipe import parse_recipe
+    from robustprune.report import read_results
+
+    pending, running, done = list(enumerate(tasks)), [], {}
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            i, (raw, runs, _progress) = pending.pop(0)
+            folder = Path(runs) / raw["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            recipe = parse_recipe({**raw, "output": str(runs)}, source=f"benchmarks/run_quality.py:{raw['name']}")
+            path = folder / "recipe.toml"
+            path.write_text(recipe.to_toml(), encoding="utf-8")
+            cmd = [sys.executable, "-m", "robustprune.cli", "run", str(path), "--run-dir", str(folder / "run"),
+                   "--threads", "1", "--device", "cpu", "--no-progress"]
+            if (folder / "run" / "results.jsonl").is_file():
+                cmd.append("--resume")
+            log = open(folder / "log.txt", "a", encoding="utf-8")  # noqa: SIM115 (closed when the process ends)
+            env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            running.append((i, folder, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        for item in list(running):
+            i, folder, proc, log = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            if proc.returncode != 0:
+                tail = (folder / "log.txt").read_text(encoding="utf-8")[-2000:]
+                raise RuntimeError(f"{folder.name} failed (exit {proc.returncode}):\n{tail}")
+            print(f"{folder.name}: {folder / 'run'}", file=sys.stderr, flush=True)
+            done[i] = read_results(folder / "run" / "results.jsonl")
+        time.sleep(0.5)
+    return [row for i in sorted(done) for row in done[i]]
 
 
 if __name__ == "__main__":

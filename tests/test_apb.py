@@ -143,7 +143,8 @@ def test_the_apb_recipe_follows_the_protocol():
     assert r.eval.attacks == ("standard",) and r.eval.eps == 0.031 and r.eval.n_examples is None
     assert r.eval.extra_eps == pytest.approx((8 / 255,))
     entries = {e.label: e for e in r.prune}
-    assert list(entries) == ["fixed", "epsilon", "global", "twinrep-style", "pwoa-style", "scratch"]
+    assert list(entries) == ["fixed", "epsilon", "global", "sensitivity", "twinrep-style", "pwoa-style", "scratch"]
+    assert entries["sensitivity"].match == "fixed"
     assert entries["fixed"].ratio == (0.5, 0.75, 0.9)
     for label, entry in entries.items():
         if label != "fixed":
@@ -182,7 +183,7 @@ def smoke_run(tmp_path_factory):
 
 def test_a_smoke_run_of_the_apb_recipe_records_both_budgets(smoke_run):
     rows = smoke_run.rows
-    assert len(rows) == 1 + 3 * 6
+    assert len(rows) == 1 + 3 * 7  # dense, then 3 sparsities x 7 entries
     for row in rows:
         assert set(row["robust_at"]) == {"0.031", "0.0313725"}
         assert row["robust_at"]["0.031"] == row["robust_accuracy"]

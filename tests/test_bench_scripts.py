@@ -40,20 +40,28 @@ def test_run_paper_dry_run_writes_every_experiment(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_quality_dry_run_compares_every_method_at_matched_macs(tmp_path):
+def test_run_quality_dry_run_compares_every_pipeline_paired_against_default_and_scratch(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    assert _load("run_quality").main(["--dry-run", "--out", str(out), "--runs", str(runs)]) == 0
+    module = _load("run_quality")
+    assert module.main(["--dry-run", "--out", str(out), "--runs", str(runs), "--jobs", "2"]) == 0
     data = json.loads((out / "quality.json").read_text())
-    rows = data["cnn"]["adversarial_finetune"] + data["cnn"]["standard_finetune"] + data["resnet"]
-    labels = {r["label"] for r in rows}
-    assert {"dense", "epsilon", "epsilon+beta", "fixed", "global", "spectral"} <= labels
-    for r in rows:
+    cnn = data["parts"]["cnn-small"]["rows"]
+    labels = {r["label"] for r in cnn}
+    assert set(module.ALL_ENTRIES) | {"dense"} == labels
+    assert {r["seed"] for r in cnn} == {0, 1}
+    for r in cnn + data["parts"]["resnet18-cifar"]["rows"]:
         assert 0 <= r["robust"] <= 1 and 0 <= r["clean"] <= 1
-        if r["target"] is not None:  # solved to the MACs target (coarse groups allow some slack)
-            assert abs(r["macs_kept"] - r["target"]) < 0.15
+        assert r["epochs"] >= 1
+        if r["target_macs"] is not None:  # solved to the MACs target (coarse groups allow some slack)
+            assert abs(r["macs_kept"] - r["target_macs"]) < 0.15
+    by = {(r["label"], r["seed"]): r for r in cnn}
+    assert by[("scratch", 0)]["epochs"] == by[("fixed", 0)]["epochs"] == 3  # equal total epochs
+    assert by[("early", 0)]["epochs"] == 2
+    assert {x["kind"] for x in data["parts"]["cnn-small"]["selection"]} == {"beta", "alignment", "none"}
     text = (out / "quality.md").read_text()
-    assert "## 2. Layer collapse" in text and "## 3. `resnet18-cifar`" in text
-    assert (out / "quality_pareto.png").stat().st_size > 0
+    for heading in ("### 50% of the MACs", "### Framing (a)", "### Framing (b)", "## resnet18-cifar"):
+        assert heading in text
+    assert "Δ robust vs default" in text and "vs scratch" in text
 
 
 def test_collect_results_assembles_every_part(tmp_path):
