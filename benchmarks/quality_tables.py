@@ -156,7 +156,7 @@ def _framing_b(by: dict, labels: Sequence[str], part: Any) -> list[str]:
     for target in part.targets:
         key = f"target_macs={target:g}"
         for label, scratch in pairs:
-            if label not in labels or scratch not in labels:
+            if label not in labels or scratch not in labels or not _values(by, label, key):
                 continue
             epochs = _epochs(_values(by, label, key))
             vs_default = _delta(by, label, "fixed", key) if label != "fixed" else "–"
