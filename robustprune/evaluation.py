@@ -25,7 +25,9 @@ from robustprune._inputs import (
     check_logits,
     check_materialized,
     first_forward,
+    module_modes,
     resolve_example_inputs,
+    restore_modes,
 )
 from robustprune.attacks import Norm, RobustResult, rebatch, robust_accuracy
 from robustprune.attacks.autoattack import check_robust_arguments
@@ -132,7 +134,7 @@ def evaluate(
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
     check_materialized(net, "evaluate")
-    was_training = net.training
+    modes = module_modes(net)
     try:
         net.eval().to(dev)
         clean, n = _clean_accuracy(net, loader, batch_size, dev, ctx)
@@ -140,7 +142,7 @@ def evaluate(
         macs, params = count_macs_params(net, inputs)
         latency_ms = measure_latency(net, inputs.shape[1:], dev) if latency else {}
     finally:
-        net.train(was_training)
+        restore_modes(modes)
     robust = None
     if eps is not None:
         robust = robust_accuracy(

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from robustprune import distributed
-from robustprune._inputs import BatchValidator, check_int, check_logits, check_materialized
+from robustprune._inputs import (
+    BatchValidator,
+    check_int,
+    check_logits,
+    check_materialized,
+    module_modes,
+    restore_modes,
+)
 from robustprune.attacks._ensemble import Ensemble
 from robustprune.attacks._state import EvalState, check_state_path, checksum
 from robustprune.attacks.batches import num_examples, rebatch
@@ -156,7 +163,7 @@ def robust_accuracy(
     _check_fp32(net)
     _check_order(data, ctx)
     run = _Run(names, norm, float(eps), seed, n_iter, batch_size, n_examples, dev)
-    was_training = net.training
+    modes = module_modes(net)
     bar = None
     try:
         net.eval().to(dev)
@@ -166,7 +173,7 @@ def robust_accuracy(
     finally:
         if bar is not None:
             bar.close()
-        net.train(was_training)
+        restore_modes(modes)
     if ctx.is_main:
         counts += state.resumed_counts(len(counts))
     return _result(distributed.sum_over_ranks(counts, ctx, dev), run, version)

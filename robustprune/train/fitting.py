@@ -31,7 +31,9 @@ from robustprune._inputs import (
     check_example_inputs,
     check_int,
     check_materialized,
+    module_modes,
     resolve_example_inputs,
+    restore_modes,
 )
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners.schedules import ScheduledPruning
@@ -137,7 +139,7 @@ def fit(
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
     check_materialized(net, "fit")
-    was_training = net.training
+    modes = module_modes(net)
     _move(net, regs, dev)
     run = _prepare(net, cfg, regs, extras, train_loader, dev, ctx, seed=seed, progress=progress,
                    checkpoint_dir=checkpoint_dir)
@@ -152,7 +154,7 @@ def fit(
     finally:
         np.random.set_state(caller_np)
         random.setstate(caller_py)
-        net.train(was_training)
+        restore_modes(modes)
         if distill is not None:
             distill.teacher.train(teacher_mode)
     return _result(history, resumed_from, run.settings, cfg, ctx, run.driver)
