@@ -350,3 +350,8 @@ def test_valid_inputs_still_work(model: nn.Module) -> None:
     result = evaluate(model, (x, Y.int()), latency=False, progress=False)
     assert result.n == N
     fit(model, (loader(x), loader(x)), 1, progress=False)
+
+
+def test_fit_refuses_a_train_batch_of_another_shape(model: nn.Module) -> None:
+    with pytest.raises(RobustPruneError, match=r"epoch 1, batch 2.*first batch had \(1, 8, 8\).*epoch 1, batch 1"):
+        fit(model, (two_shapes(), None), 1, progress=False)
