@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from badinput import Case, expect_refusal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from badinput import Case, expect_refusal
 from robustprune import _torchvision_data
 from robustprune.attacks import AdversarialConfig, robust_accuracy
 from robustprune.data import create_datasets, create_loaders
@@ -104,6 +104,7 @@ EVALUATE = [
     Case("one-tensor-dataset", ev(DataLoader(TensorDataset(X), batch_size=8)), r"\(inputs, labels\)"),
     Case("list-of-two-batches", ev([X[:8], X[8:]]), r"labels have shape"),
     Case("lengths-differ", ev((X, Y[:5])), r"16 inputs but 5 labels"),
+    Case("labels-0d", ev((X, Y[0])), r"labels have shape \(\)"),
     Case("no-batch-dim", ev([(X[0, 0, 0], Y[:1])]), r"N >= 1"),
     Case("wrong-input-shape", ev(loader(x=torch.rand(N, 3, 8, 8))), r"cannot run on the data's inputs"),
     Case("shapes-change", ev(two_shapes()), r"first batch had \(1, 8, 8\)"),
@@ -136,6 +137,7 @@ ROBUST = [
     Case("tuple-output", lambda m: robust_accuracy(TupleOut(m), (X, Y), eps=0.1, progress=False), r"returned a tuple"),
     Case("nan-logits", lambda m: robust_accuracy(NanOut(m), (X, Y), eps=0.1, progress=False), r"NaN or infinite logits"),
     Case("meta-model", lambda m: robust_accuracy(meta_fcn(), (X, Y), eps=0.1, progress=False), r"meta device"),
+    Case("lengths-differ-cut", ra((X, Y[:5]), n_examples=3), r"16 inputs but 5 labels"),
     Case("n-examples-bool", ra(n_examples=True), r"n_examples must be an integer"),
     Case("n-examples-float", ra(n_examples=2.5), r"n_examples must be an integer"),
     Case("eps-huge-linf", ra(eps=1e6), r"under Linf"),

@@ -29,11 +29,13 @@ def rebatch(
     the :class:`~robustprune._inputs.BatchValidator` before it is cut or concatenated."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = split_batch(data)
-        if check is not None:
-            check(x if n_examples is None else x[:n_examples], y if n_examples is None else y[:n_examples])
-        elif x.shape[0] != y.shape[0]:
+        same = x.ndim > 0 and y.ndim > 0 and x.shape[0] == y.shape[0]
+        if check is not None:  # the examples used; all of them when x and y do not match
+            cut = same and n_examples is not None
+            check(x[:n_examples] if cut else x, y[:n_examples] if cut else y)
+        elif not same:
             raise InvalidArgumentError(
-                f"x and y have different lengths ({x.shape[0]} and {y.shape[0]})."
+                f"x and y have different lengths ({tuple(x.shape)} and {tuple(y.shape)})."
             )
         n = x.shape[0] if n_examples is None else min(n_examples, x.shape[0])
         for start in range(0, n, batch_size):
