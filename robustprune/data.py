@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from robustprune.errors import DatasetNotFoundError, InvalidArgumentError, UnknownNameError
+from robustprune._inputs import check_int
+from robustprune._torchvision_data import load_torchvision
+from robustprune.errors import InvalidArgumentError, UnknownNameError
 
 __all__ = [
     "DatasetInfo",
@@ -103,10 +106,15 @@ def create_datasets(
     **kwargs: Any,
 ) -> Datasets:
     """The train/test datasets of ``name`` (see :func:`create_loaders` for the arguments)."""
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise UnknownNameError(
-            f"Unknown dataset '{name}'. Registered datasets: {', '.join(list_datasets())}."
+            f"Unknown dataset {name!r}. Registered datasets: {', '.join(list_datasets())}."
         )
+    check_int("seed", seed, low=0, high=2**32 - 1)
+    if not isinstance(download, bool):
+        raise InvalidArgumentError(f"download must be True or False, got {download!r}.", argument="download")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise InvalidArgumentError(f"root must be a folder path, got {type(root).__name__}.", argument="root")
     _check_validation(validation)
     root_path = Path(root if root is not None else os.environ.get("ROBUSTPRUNE_DATA", "data"))
     try:
@@ -170,8 +178,10 @@ def create_loaders(
         **kwargs: dataset options, e.g. ``size=32`` for digits or ``shape=(3, 32, 32)`` for
             synthetic.
     """
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}.")
+    check_int("batch_size", batch_size, low=1)
+    if test_batch_size is not None:
+        check_int("test_batch_size", test_batch_size, low=1, why="or None for 2 x batch_size")
+    check_int("num_workers", num_workers, low=0, why="0 loads in the main process")
     ds = create_datasets(name, root=root, download=download, seed=seed, validation=validation, **kwargs)
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(
@@ -190,7 +200,7 @@ def create_loaders(
     )
     val = None if ds.val is None else DataLoader(
         ds.val, batch_size=test_batch_size or 2 * batch_size, shuffle=False, num_workers=num_workers
-    )
+    )  # test_batch_size is None or >= 1 here
     return Loaders(train, test, ds.info, val)
 
 
@@ -217,6 +227,10 @@ def dataset_options(name: str) -> list[str] | None:
 
 # --------------------------------------------------------------------------- digits
 
+#: the largest ``size`` of digits (the 8x8 images upsampled to size x size, in memory)
+MAX_DIGITS_SIZE = 512
+_DIGITS_N = 1797
+
 
 @register_dataset("digits")
 def _digits(
@@ -228,8 +242,13 @@ def _digits(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if not 0 < test_fraction < 1:
-        raise InvalidArgumentError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise InvalidArgumentError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.",
+                                   argument="test_fraction")
+    if size is not None:
+        check_int("size", size, low=8, high=MAX_DIGITS_SIZE,
+                  why=f"the side of the upsampled images; all {_DIGITS_N:,} images are held in memory, "
+                      f"{_DIGITS_N * MAX_DIGITS_SIZE**2 * 4 / 2**30:.1f} GiB at {MAX_DIGITS_SIZE}")
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.long)
@@ -237,8 +256,6 @@ def _digits(
         np.arange(len(labels)), test_size=test_fraction, stratify=bunch.target, random_state=seed
     )
     if size is not None:
-        if size < 8:
-            raise InvalidArgumentError(f"digits size must be >= 8, got {size}.")
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         images = images.clamp_(0.0, 1.0)
     train_x = images[torch.as_tensor(idx_train)]
@@ -270,11 +287,7 @@ def _synthetic(
     """Deterministic random images in [0, 1] of any ``shape`` and class count, for speed
     benchmarks and smoke runs. Each class adds its own fixed pattern, so the task is
     learnable (a model can beat chance), but the data carries no meaning."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise InvalidArgumentError(f"synthetic shape must be (C, H, W) with positive sizes, got {shape}.")
-    if num_classes < 2 or n_train < 1 or n_test < 1:
-        raise InvalidArgumentError("synthetic needs num_classes >= 2 and n_train, n_test >= 1.")
+    shape = _check_synthetic(shape, num_classes, n_train, n_test)
     g = torch.Generator().manual_seed(seed)
     patterns = torch.rand((num_classes, *shape), generator=g) - 0.5
 
@@ -287,6 +300,33 @@ def _synthetic(
     c = shape[0]
     info = DatasetInfo("synthetic", shape, num_classes, (0.5,) * c, (0.25,) * c)  # type: ignore[arg-type]
     return Datasets(train, test, info)
+
+
+#: the most input values ``synthetic`` generates (train + test), 2**28 float32 = 1 GiB
+MAX_SYNTHETIC_VALUES = 2**28
+
+
+def _check_synthetic(shape: Any, num_classes: Any, n_train: Any, n_test: Any) -> tuple[int, int, int]:
+    ok = (
+        isinstance(shape, (tuple, list)) and len(shape) == 3
+        and all(not isinstance(s, bool) and isinstance(s, numbers.Integral) and s >= 1 for s in shape)
+    )
+    if not ok:
+        raise InvalidArgumentError(
+            f"synthetic shape must be (C, H, W), three positive integers, got {shape!r}.", argument="shape"
+        )
+    check_int("num_classes", num_classes, low=2)
+    check_int("n_train", n_train, low=1)
+    check_int("n_test", n_test, low=1)
+    shape = tuple(int(s) for s in shape)
+    values = (n_train + n_test) * shape[0] * shape[1] * shape[2]
+    if values > MAX_SYNTHETIC_VALUES:
+        raise InvalidArgumentError(
+            f"synthetic shape {shape} with {n_train} + {n_test} examples needs {values:,} values in "
+            f"memory (at most {MAX_SYNTHETIC_VALUES:,}, 1 GiB); use fewer or smaller examples.",
+            argument="shape",
+        )
+    return shape  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -304,74 +344,13 @@ _STATIC_INFO: dict[str, DatasetInfo] = {
 }
 
 
-def _torchvision_classes() -> dict[str, type]:
-    """torchvision dataset classes whose on-load check tests that the files exist.
-
-    torchvision re-hashes every CIFAR/SVHN file with MD5 on each load; we check presence
-    only (downloads are still verified by torchvision against the archive's MD5)."""
-    from torchvision import datasets as tvd
-
-    class CIFAR10(tvd.CIFAR10):
-        train_list = [[f, None] for f, _ in tvd.CIFAR10.train_list]
-        test_list = [[f, None] for f, _ in tvd.CIFAR10.test_list]
-        meta = {**tvd.CIFAR10.meta, "md5": None}
-
-    class CIFAR100(tvd.CIFAR100):
-        train_list = [[f, None] for f, _ in tvd.CIFAR100.train_list]
-        test_list = [[f, None] for f, _ in tvd.CIFAR100.test_list]
-        meta = {**tvd.CIFAR100.meta, "md5": None}
-
-    class SVHN(tvd.SVHN):
-        def _check_integrity(self) -> bool:
-            return os.path.isfile(os.path.join(self.root, self.filename))
-
-    return {"cifar10": CIFAR10, "cifar100": CIFAR100, "svhn": SVHN, "mnist": tvd.MNIST}
-
-
-def _expected_files(name: str, root: Path) -> str:
-    return {
-        "cifar10": str(root / "cifar-10-batches-py"),
-        "cifar100": str(root / "cifar-100-python"),
-        "svhn": str(root / "{train,test}_32x32.mat"),
-        "mnist": str(root / "MNIST" / "raw"),
-    }[name]
-
-
-def _load_torchvision(name: str, root: Path, download: bool, augment: bool) -> Datasets:
-    from torchvision import transforms as T
-
-    info = _STATIC_INFO[name]
-    cls = _torchvision_classes()[name]
-    to_tensor = T.ToTensor()  # uint8 HxWxC -> float CxHxW in [0, 1]
-    if augment and name in ("cifar10", "cifar100"):
-        train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), to_tensor])
-    elif augment and name == "svhn":
-        train_tf = T.Compose([T.RandomCrop(32, padding=2), to_tensor])
-    else:
-        train_tf = to_tensor
-    try:
-        if name == "svhn":
-            train = cls(str(root), split="train", transform=train_tf, download=download)
-            test = cls(str(root), split="test", transform=to_tensor, download=download)
-        else:
-            train = cls(str(root), train=True, transform=train_tf, download=download)
-            test = cls(str(root), train=False, transform=to_tensor, download=download)
-    except RuntimeError as exc:
-        if "not found" not in str(exc).lower() and "corrupted" not in str(exc).lower():
-            raise
-        raise DatasetNotFoundError(
-            f"Dataset '{name}' was not found under root '{root}' (looked for "
-            f"{_expected_files(name, root)}). Point root= (or data.root in a recipe, or "
-            f"$ROBUSTPRUNE_DATA) at the folder that holds it, or pass download=True to let "
-            "torchvision fetch it."
-        ) from exc
-    return Datasets(train, test, info)
-
-
 def _register_torchvision(name: str) -> None:
     @register_dataset(name)
     def factory(*, root: Path, download: bool, seed: int, augment: bool = True) -> Datasets:
-        return _load_torchvision(name, root, download, augment)
+        if not isinstance(augment, bool):
+            raise InvalidArgumentError(f"augment must be True or False, got {augment!r}.", argument="augment")
+        train, test = load_torchvision(name, root, download, augment)
+        return Datasets(train, test, _STATIC_INFO[name])
 
     factory.__doc__ = f"torchvision's {name} from ``root`` (``download=True`` fetches it)."
 

@@ -19,8 +19,18 @@ import torch
 from torch import nn
 
 from robustprune import distributed, pruners
-from robustprune._inputs import resolve_example_inputs
+from robustprune._inputs import (
+    BatchValidator,
+    check_int,
+    check_logits,
+    check_materialized,
+    first_forward,
+    module_modes,
+    resolve_example_inputs,
+    restore_modes,
+)
 from robustprune.attacks import Norm, RobustResult, rebatch, robust_accuracy
+from robustprune.attacks.autoattack import check_robust_arguments
 from robustprune.errors import InvalidArgumentError
 from robustprune.models import model_spec
 
@@ -114,20 +124,25 @@ def evaluate(
     Under ``torchrun`` the examples are shared between the ranks and the counts summed;
     every rank returns the same accuracies (latency is measured per rank).
     """
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}.")
+    check_int("batch_size", batch_size, low=1)
+    if eps is not None:
+        check_robust_arguments(
+            eps=eps, norm=norm, attacks=attacks, n_examples=n_examples, batch_size=batch_size,
+            seed=seed, n_iter=n_iter, state_path=state_path,
+        )
     dev = distributed.resolve_device(device)
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
-    was_training = net.training
-    net.eval().to(dev)
+    check_materialized(net, "evaluate")
+    modes = module_modes(net)
     try:
+        net.eval().to(dev)
         clean, n = _clean_accuracy(net, loader, batch_size, dev, ctx)
         inputs = _example_inputs(net, loader, example_inputs).to(dev)
         macs, params = count_macs_params(net, inputs)
         latency_ms = measure_latency(net, inputs.shape[1:], dev) if latency else {}
     finally:
-        net.train(was_training)
+        restore_modes(modes)
     robust = None
     if eps is not None:
         robust = robust_accuracy(
@@ -212,13 +227,18 @@ def _clean_accuracy(
     ctx: distributed.DistContext,
 ) -> tuple[float, int]:
     counts = torch.zeros(2, dtype=torch.float64)
+    check = BatchValidator("evaluate's data")
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        for index, (x, y) in enumerate(rebatch(loader, batch_size, None)):
+        for index, (x, y) in enumerate(rebatch(loader, batch_size, None, check=check)):
             if index % ctx.world_size != ctx.rank:
                 continue
             x = x.to(device, torch.float32, non_blocking=True)
             y = y.to(device, torch.long, non_blocking=True)
-            counts[0] += float((net(x).argmax(1) == y).sum())
+            logits = first_forward(net, x, "evaluate") if check.classes is None else net(x)
+            classes = check_logits(logits, x.shape[0], where=f"evaluation batch {index + 1}")
+            if check.classes is None:
+                check.set_classes(classes)
+            counts[0] += float((logits.argmax(1) == y).sum())
             counts[1] += y.shape[0]
     counts = distributed.sum_over_ranks(counts, ctx, device)
     n = int(counts[1])

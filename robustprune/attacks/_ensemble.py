@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustprune._inputs import check_logits, first_forward
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 
 __all__ = ["Ensemble", "AA_LOGGER", "sanity_checks"]
@@ -43,9 +44,11 @@ class Ensemble:
         self.eps = eps
         aa_logger = logging.getLogger(AA_LOGGER)
         with torch.no_grad():
-            logits = model(x)
+            logits = first_forward(model, x, "robust_accuracy")
         self.first_logits: torch.Tensor | None = logits
-        classes = _check_classes(logits, names)
+        classes = _check_classes(logits, x.shape[0], names)
+        #: the model's number of outputs
+        self.classes = classes
         sanity_checks(model, x, logits, aa_logger)
         settings = dict(norm=norm, eps=eps, seed=seed, n_iter=n_iter, device=device,
                         targets=min(9, classes - 1), logger=aa_logger)
@@ -111,14 +114,9 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, log: 
         )
 
 
-def _check_classes(logits: torch.Tensor, names: tuple[str, ...]) -> int:
+def _check_classes(logits: Any, n: int, names: tuple[str, ...]) -> int:
     """The number of classes, refusing models and attack lists that do not fit."""
-    if logits.ndim != 2:
-        raise ModelNotSupportedError(
-            f"robust_accuracy needs a classifier returning (N, classes) logits, got shape "
-            f"{tuple(logits.shape)}."
-        )
-    classes = int(logits.shape[1])
+    classes = check_logits(logits, n, what="robust_accuracy's model", where="evaluation batch 1")
     if classes < 2:
         raise ModelNotSupportedError("robust_accuracy needs at least 2 classes.")
     if "apgd-dlr" in names and classes < 3:

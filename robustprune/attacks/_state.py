@@ -15,7 +15,7 @@ from robustprune import distributed
 from robustprune._io import atomic_write
 from robustprune.errors import InvalidArgumentError
 
-__all__ = ["EvalState", "checksum"]
+__all__ = ["EvalState", "checksum", "check_state_path"]
 
 
 class EvalState:
@@ -33,23 +33,30 @@ class EvalState:
         self.done: dict[int, list[float]] = {}
         self.loaded: dict[int, list[float]] = {}
         self.pending: dict[int, list[float]] = {}
+        check_state_path(path)
         if self.path is None or not self.path.exists():
             return
         try:
             saved = json.loads(self.path.read_text())
             saved_settings, done = saved["settings"], saved["done"]
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(saved_settings, dict):
+                raise TypeError("its settings are not a mapping")
+            loaded = {int(k): [float(c) for c in v] for k, v in done.items()}
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
             raise InvalidArgumentError(
-                f"{self.path} is not a robust_accuracy state file ({exc}); delete it."
+                f"{self.path} is not a robust_accuracy state file ({type(exc).__name__}: {exc}); "
+                "delete it or pass another state_path.",
+                argument="state_path",
             ) from exc
         if saved_settings != settings:
             diff = sorted(k for k in set(saved_settings) | set(settings)
                           if saved_settings.get(k) != settings.get(k))
             raise InvalidArgumentError(
                 f"The evaluation state {self.path} was written with other settings or another "
-                f"model (differs in: {', '.join(diff)}); use another state_path or delete it."
+                f"model (differs in: {', '.join(diff)}); use another state_path or delete it.",
+                argument="state_path",
             )
-        self.loaded = {int(k): list(v) for k, v in done.items()}
+        self.loaded = loaded
         self.done = dict(self.loaded)
 
     def record(self, index: int, counts: torch.Tensor) -> None:
@@ -76,6 +83,32 @@ class EvalState:
         for counts in self.loaded.values():
             total += torch.tensor(counts, dtype=torch.float64)
         return total
+
+
+def check_state_path(path: str | os.PathLike[str] | None) -> None:
+    """Refuse a ``state_path`` that cannot be a state file: not a path, a directory, or a
+    file whose parent folder is a file."""
+    if path is None:
+        return
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(
+            f"state_path must be a file path or None, got {type(path).__name__}.", argument="state_path"
+        )
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidArgumentError(
+            f"state_path {str(p)!r} is a directory; pass the path of a JSON file, e.g. "
+            f"{str(p / 'robust_state.json')!r}.",
+            argument="state_path",
+        )
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidArgumentError(
+            f"state_path {str(p)!r} cannot be created: {str(parent)!r} is a file, not a folder.",
+            argument="state_path",
+        )
 
 
 def checksum(model: nn.Module) -> list[float]:

@@ -17,13 +17,24 @@ import torch
 from torch import nn
 
 from robustprune import distributed
+from robustprune._inputs import (
+    BatchValidator,
+    check_int,
+    check_logits,
+    check_materialized,
+    module_modes,
+    restore_modes,
+)
 from robustprune.attacks._ensemble import Ensemble
-from robustprune.attacks._state import EvalState, checksum
+from robustprune.attacks._state import EvalState, check_state_path, checksum
 from robustprune.attacks.batches import num_examples, rebatch
-from robustprune.attacks.training import Norm, check_budget
+from robustprune.attacks.training import Norm, check_budget, check_budget_for_inputs
 from robustprune.errors import InvalidArgumentError
 
-__all__ = ["AUTOATTACK_ATTACKS", "STANDARD_ATTACKS", "ATTACKS", "RobustResult", "robust_accuracy"]
+__all__ = [
+    "AUTOATTACK_ATTACKS", "STANDARD_ATTACKS", "ATTACKS", "RobustResult", "robust_accuracy",
+    "check_robust_arguments",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,27 +152,49 @@ def robust_accuracy(
             atomically by rank 0); a later call with the same settings and model skips the
             batches it lists, so an interrupted evaluation resumes where it stopped.
     """
-    names, version = _resolve_attacks(attacks)
-    _check_arguments(eps, norm, batch_size, n_examples, n_iter)
+    names, version = check_robust_arguments(
+        eps=eps, norm=norm, attacks=attacks, n_examples=n_examples, batch_size=batch_size,
+        seed=seed, n_iter=n_iter, state_path=state_path,
+    )
     dev = distributed.resolve_device(device)
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
+    check_materialized(net, "robust_accuracy")
     _check_fp32(net)
     _check_order(data, ctx)
     run = _Run(names, norm, float(eps), seed, n_iter, batch_size, n_examples, dev)
-    was_training = net.training
-    net.eval().to(dev)
-    state = EvalState(state_path, run.state_settings(net), ctx)
-    bar = _progress_bar(data, batch_size, n_examples, enabled=progress and ctx.is_main)
+    modes = module_modes(net)
+    bar = None
     try:
+        net.eval().to(dev)
+        state = EvalState(state_path, run.state_settings(net), ctx)
+        bar = _progress_bar(data, batch_size, n_examples, enabled=progress and ctx.is_main)
         counts = _attack_batches(net, data, run, state, ctx, bar)
     finally:
         if bar is not None:
             bar.close()
-        net.train(was_training)
+        restore_modes(modes)
     if ctx.is_main:
         counts += state.resumed_counts(len(counts))
     return _result(distributed.sum_over_ranks(counts, ctx, dev), run, version)
+
+
+def check_robust_arguments(
+    *, eps: Any, norm: Any, attacks: Any, n_examples: Any, batch_size: Any, seed: Any, n_iter: Any,
+    state_path: Any = None,
+) -> tuple[tuple[str, ...], str]:
+    """Refuse bad settings of :func:`robust_accuracy` before anything runs (also called by
+    :func:`robustprune.evaluation.evaluate` before its clean pass); returns the attack
+    names and the AutoAttack version they make up."""
+    names, version = _resolve_attacks(attacks)
+    check_budget(eps, norm, 0)
+    check_int("batch_size", batch_size, low=1)
+    if n_examples is not None:
+        check_int("n_examples", n_examples, low=1, why="or None for every example")
+    check_int("n_iter", n_iter, low=1)
+    check_int("seed", seed, low=0)
+    check_state_path(state_path)
+    return names, version
 
 
 @dataclass(frozen=True)
@@ -195,20 +228,25 @@ def _attack_batches(
     counts = torch.zeros(2 + len(run.names), dtype=torch.float64)
     cuda_devices = [dev] if dev.type == "cuda" else []
     ensemble: Ensemble | None = None
+    check = BatchValidator("robust_accuracy's data")
     with torch.random.fork_rng(devices=cuda_devices), torch.autocast(dev.type, enabled=False):
-        for index, (x, y) in enumerate(rebatch(data, run.batch_size, run.n_examples)):
+        for index, (x, y) in enumerate(rebatch(data, run.batch_size, run.n_examples, check=check)):
             if bar is not None:
                 bar.update(1)
             if index % ctx.world_size == ctx.rank and index not in state.done:
                 x = x.to(dev, torch.float32, non_blocking=True)
                 y = y.to(dev, torch.long, non_blocking=True)
                 if ensemble is None:
+                    check_budget_for_inputs(run.eps, run.norm, x.shape[1:])
                     ensemble = Ensemble(net, run.names, norm=run.norm, eps=run.eps, seed=run.seed,
                                         n_iter=run.n_iter, device=dev, x=x)
-                    batch_counts = ensemble.run(x, y, ensemble.first_logits)
-                    ensemble.first_logits = None
+                    logits, ensemble.first_logits = ensemble.first_logits, None
+                    check.set_classes(ensemble.classes)
                 else:
-                    batch_counts = ensemble.run(x, y)
+                    with torch.no_grad():
+                        logits = net(x)
+                    check_logits(logits, x.shape[0], where=f"evaluation batch {index + 1}")
+                batch_counts = ensemble.run(x, y, logits)
                 counts += batch_counts
                 state.record(index, batch_counts)
             if (index + 1) % ctx.world_size == 0:
@@ -238,6 +276,10 @@ def _resolve_attacks(attacks: Sequence[str] | str) -> tuple[tuple[str, ...], str
         if attacks == "standard":
             return STANDARD_ATTACKS, "standard"
         attacks = (attacks,)
+    if not isinstance(attacks, (list, tuple)):
+        raise InvalidArgumentError(
+            f"attacks must be a list of attack names or 'standard', got {attacks!r}.", argument="attacks"
+        )
     names = tuple(attacks)
     unknown = [a for a in names if a not in AUTOATTACK_ATTACKS]
     if unknown or not names:
@@ -248,16 +290,6 @@ def _resolve_attacks(attacks: Sequence[str] | str) -> tuple[tuple[str, ...], str
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"attacks lists an attack twice: {list(names)}.")
     return names, "standard" if names == STANDARD_ATTACKS else "custom"
-
-
-def _check_arguments(eps: float, norm: str, batch_size: int, n_examples: int | None, n_iter: int) -> None:
-    check_budget(eps, norm, 0)
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}.")
-    if n_examples is not None and n_examples < 1:
-        raise InvalidArgumentError(f"n_examples must be >= 1 or None, got {n_examples}.")
-    if n_iter < 1:
-        raise InvalidArgumentError(f"n_iter must be >= 1, got {n_iter}.")
 
 
 def _check_fp32(model: nn.Module) -> None:

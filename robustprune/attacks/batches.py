@@ -8,22 +8,34 @@ from typing import Any
 
 import torch
 
+from robustprune._inputs import BatchValidator, split_labelled_batch
 from robustprune.errors import InvalidArgumentError
 
 __all__ = ["rebatch", "split_batch", "num_examples"]
 
 
 def rebatch(
-    data: Iterable[Any] | tuple[torch.Tensor, torch.Tensor], batch_size: int, n_examples: int | None
+    data: Iterable[Any] | tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+    n_examples: int | None,
+    *,
+    check: BatchValidator | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive ``(x, y)`` batches of exactly ``batch_size`` examples (the last may be
     smaller) from a loader of ``(x, y)`` batches or from a tuple of tensors, stopping after
-    ``n_examples``. The cut does not depend on how ``data`` itself is batched."""
+    ``n_examples``. The cut does not depend on how ``data`` itself is batched.
+
+    With ``check``, every batch of ``data`` (the part of it that is used) is validated by
+    the :class:`~robustprune._inputs.BatchValidator` before it is cut or concatenated."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = split_batch(data)
-        if x.shape[0] != y.shape[0]:
+        same = x.ndim > 0 and y.ndim > 0 and x.shape[0] == y.shape[0]
+        if check is not None:  # the examples used; all of them when x and y do not match
+            cut = same and n_examples is not None
+            check(x[:n_examples] if cut else x, y[:n_examples] if cut else y)
+        elif not same:
             raise InvalidArgumentError(
-                f"x and y have different lengths ({x.shape[0]} and {y.shape[0]})."
+                f"x and y have different lengths ({tuple(x.shape)} and {tuple(y.shape)})."
             )
         n = x.shape[0] if n_examples is None else min(n_examples, x.shape[0])
         for start in range(0, n, batch_size):
@@ -37,10 +49,12 @@ def rebatch(
     ys: list[torch.Tensor] = []
     held = 0
     seen = 0
-    for batch in data:
-        x, y = split_batch(batch)
+    for number, batch in enumerate(data, 1):
+        x, y = split_batch(batch, where=f"batch {number}")
         if n_examples is not None:
             x, y = x[: n_examples - seen], y[: n_examples - seen]
+        if check is not None:
+            check(x, y, f"batch {number}")
         seen += x.shape[0]
         xs.append(x)
         ys.append(y)
@@ -68,13 +82,14 @@ def num_examples(data: Any) -> int | None:
         return None
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def split_batch(batch: Any, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(inputs, labels)`` tensors of one batch (a DataLoader batch or a tuple)."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        x, y = batch[0], batch[1]
-        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-            return x, y
+    x, y = split_labelled_batch(batch, "data", where)
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        return x, y
+    at = f" ({where})" if where else ""
     raise InvalidArgumentError(
-        "Expected batches of (inputs, labels) tensors, got "
-        f"{type(batch).__name__}; wrap the data in a DataLoader over a TensorDataset."
+        f"Bad batch in data{at}: expected (inputs, labels) tensors, got ({type(x).__name__}, "
+        f"{type(y).__name__}); wrap the data in a DataLoader over a TensorDataset.",
+        argument="data",
     )

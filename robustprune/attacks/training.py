@@ -34,6 +34,7 @@ __all__ = [
     "trades_objective",
     "AdversarialConfig",
     "check_budget",
+    "check_budget_for_inputs",
 ]
 
 Norm = Literal["Linf", "L2"]
@@ -236,6 +237,12 @@ class AdversarialConfig:
                 argument="kind",
             )
         check_budget(self.eps, self.norm, self.steps)
+        if self.kind in ("pgd", "trades") and self.steps < 1:
+            raise InvalidArgumentError(
+                f"{self.kind} training needs steps >= 1 (attack iterations), got {self.steps}; "
+                "kind='fgsm' is the one-step attack.",
+                argument="steps",
+            )
         if self.step_size is not None and not (
             isinstance(self.step_size, (int, float)) and not isinstance(self.step_size, bool)
             and 0 <= self.step_size < float("inf")
@@ -253,14 +260,36 @@ class AdversarialConfig:
 
 
 def check_budget(eps: float, norm: str, steps: int) -> None:
-    """Refuse a norm outside :data:`NORMS`, an ``eps`` that is not a finite number >= 0 and
-    a ``steps`` that is not an integer >= 0 (the error names the offending argument)."""
-    if norm not in NORMS:
-        raise InvalidArgumentError(f"Unknown norm '{norm}'; use {_one_of(NORMS)}.", argument="norm")
+    """Refuse a norm outside :data:`NORMS`, an ``eps`` that is not a finite number >= 0 (or,
+    under ``Linf``, above 1: inputs live in [0, 1]) and a ``steps`` that is not an integer
+    >= 0 (the error names the offending argument)."""
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise InvalidArgumentError(f"Unknown norm {norm!r}; use {_one_of(NORMS)}.", argument="norm")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
         raise InvalidArgumentError(f"eps must be a finite number >= 0, got {eps!r}.", argument="eps")
+    if norm == "Linf" and eps > 1:
+        raise InvalidArgumentError(
+            f"eps={eps!r} under Linf: inputs live in [0, 1], so a budget above 1 allows every "
+            "input and means nothing; give the budget in [0, 1] pixel units (e.g. 8/255, not 8).",
+            argument="eps",
+        )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InvalidArgumentError(f"steps must be an integer >= 0, got {steps!r}.", argument="steps")
+
+
+def check_budget_for_inputs(eps: float, norm: str, shape: tuple[int, ...] | torch.Size) -> None:
+    """Refuse an ``L2`` budget above ``sqrt(d)``, ``d`` the number of input values of one
+    example of ``shape``: the diameter of [0, 1]^d, so a larger ball allows every input."""
+    d = 1
+    for s in shape:
+        d *= int(s)
+    if norm == "L2" and eps > d**0.5:
+        raise InvalidArgumentError(
+            f"eps={eps!r} under L2 exceeds sqrt({d}) = {d**0.5:.4g}, the largest distance between "
+            f"two inputs of shape {tuple(int(s) for s in shape)} in [0, 1]: such a budget allows "
+            "every input and means nothing.",
+            argument="eps",
+        )
 
 
 def _one_of(names: tuple[str, ...]) -> str:

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import fnmatch
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from robustprune._inputs import check_int
 from robustprune.errors import InvalidArgumentError, UnknownNameError
 from robustprune.models._normalize import NormalizedModel, normalize_layer
 from robustprune.models.passthrough import PREFIXES, create_passthrough
@@ -88,8 +91,7 @@ def create_model(
         mean, std: per-channel input statistics for the internal Normalize layer.
         **kwargs: architecture options (``width``, ``depth``, ``rank``...).
     """
-    if num_classes < 1:
-        raise InvalidArgumentError(f"num_classes must be >= 1, got {num_classes}.")
+    _check_create_arguments(name, num_classes, input_shape, mean, std)
     record = dict(kwargs)
     if mean is not None:
         record["mean"] = [float(m) for m in mean]
@@ -110,6 +112,42 @@ def model_spec(model: nn.Module) -> ModelSpec | None:
     """The :class:`ModelSpec` recorded by :func:`create_model`, if any."""
     spec = getattr(model, "robustprune_spec", None)
     return spec if isinstance(spec, ModelSpec) else None
+
+
+def _check_create_arguments(
+    name: Any, num_classes: Any, input_shape: Any, mean: Any, std: Any
+) -> None:
+    """Refuse a bad name, class count, input shape or normalization before building."""
+    if not isinstance(name, str):
+        raise UnknownNameError(f"The model name must be a string, got {type(name).__name__}.")
+    check_int("num_classes", num_classes, low=1)
+    if input_shape is not None:
+        ok = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3 and all(
+            not isinstance(s, bool) and isinstance(s, numbers.Integral) and s >= 1 for s in input_shape
+        )
+        if not ok:
+            raise InvalidArgumentError(
+                f"input_shape must be (C, H, W), three positive integers, got {input_shape!r}.",
+                argument="input_shape",
+            )
+    channels = None if input_shape is None else int(input_shape[0])
+    for label, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        values = values.tolist() if hasattr(values, "tolist") else values  # numpy, torch
+        ok = isinstance(values, (tuple, list)) and len(values) >= 1 and all(
+            not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v)) for v in values
+        )
+        if ok and label == "std":
+            ok = all(float(v) > 0 for v in values)
+        if ok and channels is not None:
+            ok = len(values) in (1, channels)
+        if not ok:
+            raise InvalidArgumentError(
+                f"{label} must be a list of finite numbers{' > 0' if label == 'std' else ''}, one per "
+                f"input channel{'' if channels is None else f' ({channels})'}, got {values!r}.",
+                argument=label,
+            )
 
 
 def _create_registered(

@@ -3,16 +3,41 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from robustprune._inputs import check_int
+from robustprune.errors import InvalidArgumentError
 from robustprune.models._normalize import normalize_layer
 from robustprune.models._registry import register_model
 
 __all__ = ["CNNSmall", "BasicBlock", "ResNetCifar", "VGGCifar", "cnn_small", "resnet18_cifar", "vgg16_cifar"]
+
+
+def _check_widths(name: str, values: Any, *, length: int | None = None) -> tuple[int, ...]:
+    """``values`` as a tuple of positive ints (of ``length`` entries, when given)."""
+    ok = isinstance(values, Sequence) and not isinstance(values, str) and len(values) >= 1 and all(
+        not isinstance(v, bool) and isinstance(v, numbers.Integral) and v >= 1 for v in values
+    )
+    if not ok or (length is not None and len(values) != length):
+        count = f"{length}" if length is not None else "one or more"
+        raise InvalidArgumentError(f"{name} must be {count} positive integers, got {values!r}.", argument=name)
+    return tuple(int(v) for v in values)
+
+
+def _check_pools(model: str, pools: int, input_shape: Sequence[int]) -> None:
+    """Refuse more 2x2 max-pools than the input's spatial size allows."""
+    side = min(int(s) for s in input_shape[1:]) if len(input_shape) >= 3 else None
+    if side is not None and side // 2**pools < 1:
+        raise InvalidArgumentError(
+            f"{model} with {pools} 2x2 max-pools needs inputs of at least {2**pools}x{2**pools}, "
+            f"got {tuple(input_shape)}; use fewer stages or larger inputs."
+        )
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -33,6 +58,9 @@ class CNNSmall(nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        widths = _check_widths("widths", widths)
+        check_int("convs_per_stage", convs_per_stage, low=1)
+        _check_pools("CNNSmall", len(widths) - 1, input_shape)
         self.normalize = normalize_layer(mean, std, int(input_shape[0]))
         layers: list[nn.Module] = []
         c = int(input_shape[0])
@@ -91,6 +119,8 @@ class ResNetCifar(nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        check_int("width", width, low=1, why="the channels of the first stage, 64 for ResNet-18")
+        blocks = _check_widths("blocks", blocks, length=4)
         self.normalize = normalize_layer(mean, std, int(input_shape[0]))
         self.conv1 = nn.Conv2d(int(input_shape[0]), width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -138,6 +168,17 @@ class VGGCifar(nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        ok = isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool)
+        if not (ok and math.isfinite(width_mult) and width_mult > 0):
+            raise InvalidArgumentError(f"width_mult must be a finite number > 0, got {width_mult!r}.",
+                                       argument="width_mult")
+        if isinstance(cfg, str) or not isinstance(cfg, Sequence) or not cfg or not all(
+            v == "M" or (not isinstance(v, bool) and isinstance(v, int) and v >= 1) for v in cfg
+        ):
+            raise InvalidArgumentError(
+                f"cfg must list positive conv widths and 'M' (max-pool), got {cfg!r}.", argument="cfg"
+            )
+        _check_pools("VGGCifar", sum(v == "M" for v in cfg), input_shape)
         self.normalize = normalize_layer(mean, std, int(input_shape[0]))
         layers: list[nn.Module] = []
         c = int(input_shape[0])

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustprune._inputs import check_int
 from robustprune.errors import InvalidArgumentError
 from robustprune.layers import LowRankLinear
 from robustprune.models._normalize import normalize_layer
@@ -35,8 +36,12 @@ class FCN(nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if depth < 1 or width < 1:
-            raise InvalidArgumentError(f"FCN needs depth >= 1 and width >= 1, got {depth}, {width}.")
+        check_int("width", width, low=1)
+        check_int("depth", depth, low=1)
+        if rank is not None:
+            check_int("rank", rank, low=1)
+        if not isinstance(bias, bool):
+            raise InvalidArgumentError(f"bias must be True or False, got {bias!r}.", argument="bias")
         self.normalize = normalize_layer(mean, std, int(input_shape[0]))
         fan_in = int(torch.tensor(list(input_shape)).prod())
         layers: list[nn.Module] = [nn.Flatten()]

@@ -4,6 +4,7 @@ training epoch and its checkpoint."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from robustprune.train.pruning import PruningDriver
 from robustprune.train.results import EpochStats
 from robustprune.train.resume import (
     TrainingState,
+    check_resumable,
     keep_copy,
     load_checkpoint,
     restore,
@@ -57,7 +59,7 @@ class Run:
 
     def __init__(
         self, state: TrainingState, settings: LoopSettings, ctx: distributed.DistContext,
-        fingerprint: dict[str, Any], extras: Extras, *, rebuild: Callable[[int], tuple[Any, Any]],
+        fingerprint: dict[str, Any], extras: Extras, *, rebuild: Callable[..., tuple[Any, Any]],
         steps_per_epoch: int, driver: PruningDriver | None,
     ) -> None:
         self.state, self.settings, self.ctx = state, settings, ctx
@@ -71,7 +73,7 @@ class Run:
         """Train the remaining epochs; the history and the epoch it resumed from."""
         state, settings = self.state, self.settings
         history, start_epoch = self._start(seed)
-        loop = Loop(self._wrap(), state, settings, self.ctx)
+        loop = Loop(self._wrap(), state, settings, self.ctx, resumed_from=start_epoch)
         for epoch in range(start_epoch, settings.epochs):
             if self._prune(epoch):
                 loop.ddp = self._wrap()
@@ -101,9 +103,17 @@ class Run:
             seed_everything(seed, self.ctx.rank, dev, state.attack_gen)
             return [], 0
         if saved.get("pruning_history"):
+            # every shape is checked on a pruned copy first: a refused resume changes nothing
+            trial = copy.deepcopy(state.net)
+            extend_history(trial, saved["pruning_history"])
+            trial.to(dev)
+            check_resumable(saved, trial, self.rebuild(int(saved["epoch"]), trial)[0], state.regularizers)
+            del trial
             extend_history(state.net, saved["pruning_history"])
             state.net.to(dev)
             state.optimizer, state.scheduler = self.rebuild(int(saved["epoch"]))
+        else:
+            check_resumable(saved, state.net, state.optimizer, state.regularizers)
         history = restore(saved, state, self.ctx)
         logger.info("resuming from %s after epoch %d", source, int(saved["epoch"]))
         return history, int(saved["epoch"])

@@ -27,7 +27,14 @@ import torch
 from torch import nn
 
 from robustprune import distributed
-from robustprune._inputs import check_example_inputs, resolve_example_inputs
+from robustprune._inputs import (
+    check_example_inputs,
+    check_int,
+    check_materialized,
+    module_modes,
+    resolve_example_inputs,
+    restore_modes,
+)
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners.schedules import ScheduledPruning
 from robustprune.train.config import FitConfig, resolve_config
@@ -124,13 +131,15 @@ def fit(
         InvalidArgumentError: a bad argument (unknown optimizer, empty loader, ...).
     """
     cfg = resolve_config(config, options)
+    check_int("seed", seed, low=0, high=2**63 - 1)
     regs = _check_regularizers(regularizers)
     extras = _check_extras(cfg, pruning, distill, resume_from, keep_checkpoints, checkpoint_dir)
     train_loader, test_loader = split_loaders(loaders)
     dev = distributed.resolve_device(device)
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
-    was_training = net.training
+    check_materialized(net, "fit")
+    modes = module_modes(net)
     _move(net, regs, dev)
     run = _prepare(net, cfg, regs, extras, train_loader, dev, ctx, seed=seed, progress=progress,
                    checkpoint_dir=checkpoint_dir)
@@ -145,7 +154,7 @@ def fit(
     finally:
         np.random.set_state(caller_np)
         random.setstate(caller_py)
-        net.train(was_training)
+        restore_modes(modes)
         if distill is not None:
             distill.teacher.train(teacher_mode)
     return _result(history, resumed_from, run.settings, cfg, ctx, run.driver)
@@ -227,11 +236,12 @@ def _prepare(
     settings = LoopSettings(cfg.adversarial, amp, dev, cfg.clip_grad_norm, progress, cfg.epochs, ckpt_path,
                             distill=distill)
     state = TrainingState(net, opt, sched, regs, train_loader, torch.Generator(device=dev))
-    def rebuild(epoch: int) -> tuple[Any, Any]:
+    def rebuild(epoch: int, target: nn.Module | None = None) -> tuple[Any, Any]:
         """The optimizer and scheduler after a pruning step before ``epoch``: one schedule
-        over the fit, or (a restarting schedule) one over the epochs until the next step."""
+        over the fit, or (a restarting schedule) one over the epochs until the next step
+        (over ``target``'s parameters instead of the model's: a trial copy on resume)."""
         window = None if driver is None else driver.lr_window(epoch)
-        return _optimizer_and_scheduler(net, cfg, steps_per_epoch, window=window)
+        return _optimizer_and_scheduler(net if target is None else target, cfg, steps_per_epoch, window=window)
 
     return Run(state, settings, ctx, fingerprint, extras, rebuild=rebuild,
                 steps_per_epoch=steps_per_epoch, driver=driver)
@@ -263,7 +273,35 @@ def _check_extras(
         )
     if keep_t and checkpoint_dir is None:
         raise InvalidArgumentError("keep_checkpoints needs checkpoint_dir.", argument="keep_checkpoints")
+    if checkpoint_dir is not None:
+        _check_checkpoint_dir(checkpoint_dir)
     return Extras(pruning, distill, path, keep_t)
+
+
+def _check_checkpoint_dir(checkpoint_dir: Any) -> None:
+    """Refuse a ``checkpoint_dir`` that is no path, is a file, or cannot be created (its
+    nearest existing ancestor is a file or not writable) before any epoch is trained."""
+    if not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise InvalidArgumentError(
+            f"checkpoint_dir must be a folder path or None, got {type(checkpoint_dir).__name__}.",
+            argument="checkpoint_dir",
+        )
+    path = Path(checkpoint_dir)
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(
+            f"checkpoint_dir {str(path)!r} is a file, not a folder; pass a folder path (it is "
+            "created if missing).",
+            argument="checkpoint_dir",
+        )
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "a file" if not existing.is_dir() else "not writable"
+        raise InvalidArgumentError(
+            f"checkpoint_dir {str(path)!r} cannot be created: {str(existing)!r} is {what}.",
+            argument="checkpoint_dir",
+        )
 
 
 def _example_batch(net: nn.Module, loader: Iterable[Any], device: torch.device) -> torch.Tensor:
@@ -283,6 +321,13 @@ def _example_batch(net: nn.Module, loader: Iterable[Any], device: torch.device) 
 
 
 def _check_regularizers(regularizers: Sequence[Regularizer]) -> tuple[Regularizer, ...]:
+    single = isinstance(regularizers, nn.Module) and not isinstance(regularizers, nn.ModuleList)
+    if single or isinstance(regularizers, str) or not isinstance(regularizers, Iterable):
+        raise InvalidArgumentError(
+            f"regularizers must be a list of callables model -> scalar tensor, got "
+            f"{type(regularizers).__name__}; pass regularizers=[r].",
+            argument="regularizers",
+        )
     regs = tuple(regularizers)
     for r in regs:
         if not callable(r):

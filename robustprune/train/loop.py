@@ -1,6 +1,13 @@
 """The training loop of :func:`robustprune.train.fit`: one epoch of updates, then the clean
 test accuracy, with metrics summed over ranks and a loud stop when the loss diverges.
 
+Every batch is checked before it is used (:class:`~robustprune._inputs.BatchValidator`);
+before the first update, one eval-mode forward of one example (the RNG isolated) tells the
+model's number of outputs, so labels are checked against it before any train-mode forward.
+The loss of every step is checked before ``optimizer.step()``: a NaN or infinite loss stops
+the fit with the step's epoch, batch and learning rate, the running statistics that step's
+forward changed are put back, and no non-finite update is ever applied.
+
 Per step the loss is ``L = ℓ(f, x, y) + Σ_r r(model)``: ``ℓ`` the cross-entropy on clean
 inputs (standard), on PGD / FGSM-RS inputs (adversarial; the attack runs in train mode), or
 the TRADES objective (its inner maximization runs in eval mode, as in the reference code);
@@ -21,16 +28,18 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from robustprune import distributed
+from robustprune._inputs import BatchValidator, check_logits, first_forward, split_labelled_batch
 from robustprune.attacks import AdversarialConfig, fgsm_rs, pgd, trades_attack, trades_objective
+from robustprune.attacks.training import check_budget_for_inputs
 from robustprune.errors import InvalidArgumentError, TrainingDivergedError
 from robustprune.train.distill import DistillConfig, distillation_loss
 from robustprune.train.results import EpochStats
 from robustprune.train.resume import TrainingState, restore_last_good
 from robustprune.train.setup import num_batches
 
-__all__ = ["LoopSettings", "Loop", "to_device"]
+__all__ = ["LoopSettings", "Loop", "RunningStats", "to_device"]
 
-_CHECK_EVERY = 10  # steps between finiteness checks / progress updates (each one syncs)
+_PROGRESS_EVERY = 10  # steps between progress-bar updates (each one syncs)
 
 
 @dataclass(frozen=True)
@@ -58,11 +67,17 @@ class Loop:
     """
 
     def __init__(
-        self, ddp: nn.Module, state: TrainingState, settings: LoopSettings, ctx: distributed.DistContext
+        self, ddp: nn.Module, state: TrainingState, settings: LoopSettings, ctx: distributed.DistContext,
+        *, resumed_from: int = 0,
     ) -> None:
         self.ddp, self.state, self.settings, self.ctx = ddp, state, settings, ctx
         self.net, self.device = state.net, settings.device
         self.progress = settings.progress and ctx.is_main
+        self.resumed_from = resumed_from
+        self.check = BatchValidator("fit's train loader")
+        self.test_check = BatchValidator("fit's test loader")
+        self.last_update: tuple[int, int] | None = None  # (epoch, batch) of the last update
+        self.guard = RunningStats(self.net)
 
     def epoch(self, train_loader: Iterable[Any], test_loader: Iterable[Any] | None, epoch: int) -> EpochStats:
         """Train epoch ``epoch`` (from 0) and measure the test accuracy."""
@@ -80,17 +95,15 @@ class Loop:
             total=steps, desc=f"epoch {epoch + 1}/{self.settings.epochs}", unit="batch", leave=False,
             disable=not self.progress,
         )
+        self.guard = RunningStats(self.net)  # the model may have been pruned before this epoch
         try:
             for i, batch in enumerate(train_loader):
-                self._train_batch(batch, sums, epoch * steps + i + 1)
-                if (i + 1) % _CHECK_EVERY == 0 or i + 1 == steps:
-                    self._check_finite(sums, epoch, i)
-                    if self.progress:
-                        n_seen = max(1.0, float(sums[3]))
-                        bar.set_postfix(
-                            loss=f"{float(sums[0]) / n_seen:.4f}",
-                            acc=f"{float(sums[2]) / n_seen:.2%}",
-                        )
+                self._train_batch(batch, sums, epoch, i, epoch * steps + i + 1)
+                if self.progress and ((i + 1) % _PROGRESS_EVERY == 0 or i + 1 == steps):
+                    n_seen = max(1.0, float(sums[3]))
+                    bar.set_postfix(
+                        loss=f"{float(sums[0]) / n_seen:.4f}", acc=f"{float(sums[2]) / n_seen:.2%}",
+                    )
                 bar.update(1)
         finally:
             bar.close()
@@ -108,18 +121,28 @@ class Loop:
             seconds=time.perf_counter() - start,
         )
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimizer update; returns (loss, regularization, correct) as device scalars."""
-        with self._autocast():
-            logits, task, trained_logits, trained_x = self._task_loss(x, y)
-            distill = self.settings.distill
-            if distill is not None:
-                with torch.no_grad():
-                    teacher = distill.teacher(x if distill.target == "clean" else trained_x)
-                w = float(distill.weight)
-                task = (1 - w) * task + w * distillation_loss(trained_logits, teacher, distill.temperature)
-        reg = sum((r(self.net) for r in self.state.regularizers), torch.zeros((), device=self.device))
-        loss = task + reg
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, where: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer update; returns (loss, regularization, correct) as device scalars.
+        A regularizer that returns no scalar tensor, or a NaN or infinite loss, stops before
+        ``optimizer.step()`` with the running statistics of this step's forward put back."""
+        self.guard.save()
+        try:
+            with self._autocast():
+                logits, task, trained_logits, trained_x = self._task_loss(x, y)
+                distill = self.settings.distill
+                if distill is not None:
+                    with torch.no_grad():
+                        teacher = distill.teacher(x if distill.target == "clean" else trained_x)
+                    w = float(distill.weight)
+                    task = (1 - w) * task + w * distillation_loss(trained_logits, teacher, distill.temperature)
+            reg = self._regularization(where)
+            loss = task + reg
+        except InvalidArgumentError:
+            self.guard.restore()
+            raise
+        self._check_loss(loss, where)
         opt = self.state.optimizer
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,19 +157,38 @@ class Loop:
         was_training = self.net.training
         self.net.eval()
         counts = torch.zeros(2, dtype=torch.float64, device=self.device)
-        with torch.no_grad(), self._autocast():
-            for batch in loader:
-                x, y = to_device(batch, self.device)
-                counts[0] += (self.net(x).argmax(1) == y).sum()
-                counts[1] += y.shape[0]
-        self.net.train(was_training)
+        self.test_check.classes = self.check.classes
+        try:
+            with torch.no_grad(), self._autocast():
+                for i, batch in enumerate(loader):
+                    x, y = self.test_check.split(batch, f"batch {i + 1}")
+                    x, y = to_device((x, y), self.device)
+                    counts[0] += (self.net(x).argmax(1) == y).sum()
+                    counts[1] += y.shape[0]
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(
+                f"{exc} The test accuracy is measured after the epoch's updates: {self.where_now()}.",
+                argument=exc.argument,
+            ) from exc
+        finally:
+            self.net.train(was_training)
         correct, n = self._reduce(counts)
         return correct / max(1.0, n)
 
-    def _train_batch(self, batch: Any, sums: torch.Tensor, update: int) -> None:
-        """One step on ``batch``, added to the running ``sums``; then the schedule."""
-        x, y = to_device(batch, self.device)
-        loss, reg, correct = self.step(x, y)
+    def _train_batch(self, batch: Any, sums: torch.Tensor, epoch: int, i: int, update: int) -> None:
+        """One step on ``batch`` (checked first), added to the running ``sums``; then the schedule."""
+        where = f"epoch {epoch + 1}, batch {i + 1}"
+        try:
+            x, y = self.check.split(batch, where)
+            if self.check.classes is None:
+                self._first_batch(x, where)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(
+                f"{exc} fit stopped before using this batch: {self.where_now()}.", argument=exc.argument
+            ) from exc
+        x, y = to_device((x, y), self.device)
+        loss, reg, correct = self.step(x, y, where)
+        self.last_update = (epoch + 1, i + 1)
         n = y.shape[0]
         sums[0] += loss * n
         sums[1] += reg * n
@@ -154,6 +196,52 @@ class Loop:
         sums[3] += n
         if self.state.scheduler is not None:
             self.state.scheduler.step_update(num_updates=update)
+
+    def _first_batch(self, x: torch.Tensor, where: str) -> None:
+        """Before the first update: the model's number of outputs from an eval-mode forward
+        of one example (no gradients, the RNG isolated, nothing changed), the labels checked
+        against it, an L2 training budget against the input size."""
+        net, was_training = self.net, self.net.training
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            net.eval()
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
+                out = first_forward(net, x[:1].to(self.device), f"fit ({where})")
+        finally:
+            net.train(was_training)
+        self.check.set_classes(check_logits(out, 1, what="fit's model", where=where, finite=False))
+        adv = self.settings.adversarial
+        if adv is not None:
+            check_budget_for_inputs(adv.eps, adv.norm, x.shape[1:])
+
+    def where_now(self) -> str:
+        """What the model holds when the fit stops now (for error messages)."""
+        if self.last_update is not None:
+            epoch, batch = self.last_update
+            return f"the model holds the weights of the last good update (epoch {epoch}, batch {batch})"
+        if self.resumed_from:
+            return (f"no update was made; the model holds the weights of the checkpoint it resumed "
+                    f"from (after epoch {self.resumed_from})")
+        return "no update was made; the model is unchanged"
+
+    def _regularization(self, where: str) -> torch.Tensor:
+        """The sum of the regularizers' values, each checked to be a scalar tensor."""
+        total = torch.zeros((), device=self.device)
+        for r in self.state.regularizers:
+            value = r(self.net)
+            if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
+                got = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                       else f"a {type(value).__name__}")
+                name = type(r).__name__ if isinstance(r, nn.Module) else getattr(r, "__qualname__", type(r).__name__)
+                raise InvalidArgumentError(
+                    f"The regularizer {name} returned {got} ({where}); a regularizer must "
+                    "return a floating-point scalar tensor computed from the model's parameters "
+                    f"(e.g. weight * penalty), which is added to the loss. fit stopped before this "
+                    f"update: {self.where_now()}.",
+                    argument="regularizers",
+                )
+            total = total + value
+        return total
 
     def _task_loss(
         self, x: torch.Tensor, y: torch.Tensor
@@ -204,34 +292,65 @@ class Loop:
             if t is not buf:
                 buf.copy_(t)
 
-    def _check_finite(self, sums: torch.Tensor, epoch: int, step: int) -> None:
-        bad = torch.tensor([0.0 if bool(torch.isfinite(sums[:2]).all()) else 1.0])
-        if float(distributed.sum_over_ranks(bad, self.ctx, self.device)) == 0:
+    def _check_loss(self, loss: torch.Tensor, where: str) -> None:
+        """Stop before the update when the loss of this step (on any rank) is not finite."""
+        bad = (~torch.isfinite(loss.detach())).any().reshape(1).double()
+        if self.ctx.distributed:
+            diverged = float(distributed.sum_over_ranks(bad, self.ctx, self.device)) > 0
+        else:
+            diverged = bool(bad)
+        if not diverged:
             return
+        self.guard.restore()
         lr = float(self.state.optimizer.param_groups[0]["lr"])
-        where = f"epoch {epoch + 1}, step {step + 1}"
+        at = f"{where}, lr={lr:g}; detected before the update, which was not applied"
         ckpt_path = self.settings.checkpoint
         good_epoch = restore_last_good(ckpt_path, self.net, self.device)
         if good_epoch is not None:
             raise TrainingDivergedError(
-                f"The training loss became NaN or infinite ({where}, lr={lr:g}). The model was "
+                f"The training loss became NaN or infinite ({at}). The model was "
                 f"restored to the last good checkpoint {ckpt_path} (after epoch "
                 f"{good_epoch}). Lower lr, add clip_grad_norm=..., or check the "
                 "regularizer weights; delete the checkpoint to start over."
             )
         raise TrainingDivergedError(
-            f"The training loss became NaN or infinite ({where}, lr={lr:g}); the model's "
-            "weights are no longer usable. Lower lr, add clip_grad_norm=..., or check the "
-            "regularizer weights; pass checkpoint_dir= to keep the last good epoch."
+            f"The training loss became NaN or infinite ({at}); {self.where_now()}. Lower lr, add "
+            "clip_grad_norm=..., or check the data and the regularizer weights; pass "
+            "checkpoint_dir= to keep the last good epoch."
         )
+
+
+class RunningStats:
+    """The buffers a train-mode forward changes (the running statistics of the modules with
+    ``track_running_stats``), saved before each step, one copy per dtype, so that a refused
+    step can put them back."""
+
+    def __init__(self, net: nn.Module) -> None:
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        for module in net.modules():
+            if getattr(module, "track_running_stats", False):
+                for buf in module.buffers(recurse=False):
+                    if buf is not None:
+                        groups.setdefault(buf.dtype, []).append(buf)
+        self.groups = list(groups.values())
+        self.saved: list[torch.Tensor] = []
+
+    def save(self) -> None:
+        with torch.no_grad():
+            self.saved = [torch.cat([b.reshape(-1) for b in group]) for group in self.groups]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for group, flat in zip(self.groups, self.saved):
+                offset = 0
+                for buf in group:
+                    buf.copy_(flat[offset : offset + buf.numel()].view_as(buf))
+                    offset += buf.numel()
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)`` of a batch on ``device`` (labels as int64)."""
-    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-        raise InvalidArgumentError(
-            f"Expected (inputs, labels) batches, got {type(batch).__name__}."
-        )
+    batch = split_labelled_batch(batch)
     return (
         batch[0].to(device, non_blocking=True),
         batch[1].to(device, torch.long, non_blocking=True),

@@ -28,6 +28,7 @@ __all__ = [
     "keep_copy",
     "restore",
     "restore_last_good",
+    "check_resumable",
 ]
 
 #: file name of the rolling checkpoint inside ``checkpoint_dir``
@@ -94,6 +95,8 @@ def load_checkpoint(
         ) from exc
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise InvalidArgumentError(f"{path} is not a robustprune training checkpoint; delete it.")
+    if not isinstance(state.get("fingerprint"), Mapping) or not isinstance(state.get("epoch"), int):
+        raise InvalidArgumentError(f"{path} is not a robustprune training checkpoint; delete it.")
     saved = dict(state["fingerprint"])
     if "pruning" not in saved and "pruning" in fingerprint and all(e >= int(state["epoch"]) for e in prune_epochs):
         saved["pruning"] = fingerprint["pruning"]
@@ -114,18 +117,31 @@ def keep_copy(path: Path, epoch: int) -> Path:
     return target
 
 
+#: optimizer state entries that have the shape of their parameter
+_PARAM_SHAPED = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def check_resumable(
+    saved: Mapping[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer,
+    regularizers: Sequence[Regularizer] = (),
+) -> None:
+    """Refuse a checkpoint whose tensors do not fit ``net`` (every key and shape),
+    ``optimizer`` (its parameter groups and the parameter-shaped state) or the
+    regularizers' state, before anything is loaded."""
+    _check_tensors(saved.get("model"), net.state_dict(), "model", strict=True)
+    _check_optimizer(saved.get("optimizer"), optimizer)
+    reg_states = saved.get("regularizers") or []
+    for r, r_state in zip(regularizers, reg_states):
+        if isinstance(r, nn.Module) and r_state is not None:
+            _check_tensors(r_state, r.state_dict(), f"regularizer {type(r).__name__}", strict=False)
+
+
 def restore(
     saved: Mapping[str, Any], state: TrainingState, ctx: distributed.DistContext
 ) -> list[EpochStats]:
     """Load a checkpoint into ``state`` (this rank's RNG states included); returns the
-    history of the epochs it covers."""
-    try:
-        state.net.load_state_dict(saved["model"])
-    except RuntimeError as exc:
-        raise InvalidArgumentError(
-            "The checkpoint's weights do not fit this model (was it pruned differently?): "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
+    history of the epochs it covers. Call :func:`check_resumable` first."""
+    state.net.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     if state.scheduler is not None and saved["scheduler"] is not None:
         state.scheduler.load_state_dict(saved["scheduler"])
@@ -144,6 +160,57 @@ def restore_last_good(path: Path | None, net: nn.Module, device: torch.device) -
     saved = torch.load(path, map_location=device, weights_only=True)
     net.load_state_dict(saved["model"])
     return int(saved["epoch"])
+
+
+def _misfit(what: str, detail: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"The checkpoint does not fit this {what}: {detail}. Was the model built with other "
+        "widths or pruned differently? Nothing was loaded; resume with the model the run started "
+        "from, or use another checkpoint_dir.",
+        argument="checkpoint_dir",
+    )
+
+
+def _check_tensors(saved: Any, current: Mapping[str, Any], what: str, *, strict: bool) -> None:
+    """Every tensor of ``saved`` has the key and shape of ``current`` (and, ``strict``,
+    every key of ``current`` is in ``saved``)."""
+    if not isinstance(saved, Mapping):
+        raise _misfit(what, f"its {what} state is a {type(saved).__name__}, not a state_dict")
+    if strict:
+        missing = [k for k in current if k not in saved]
+        extra = [k for k in saved if k not in current]
+        if missing or extra:
+            parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
+                [f"unexpected {', '.join(extra[:3])}"] if extra else [])
+            raise _misfit(what, "; ".join(parts))
+    for key, value in saved.items():
+        mine = current.get(key)
+        if isinstance(value, torch.Tensor) and isinstance(mine, torch.Tensor) and value.shape != mine.shape:
+            raise _misfit(what, f"{key} has shape {tuple(value.shape)} in the checkpoint but "
+                                f"{tuple(mine.shape)} here")
+
+
+def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    state = saved.get("state") if isinstance(saved, Mapping) else None
+    if not isinstance(groups, list) or not isinstance(state, Mapping):
+        raise _misfit("optimizer", "its optimizer state is not an optimizer state_dict")
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    saved_sizes = [len(g.get("params", [])) if isinstance(g, Mapping) else -1 for g in groups]
+    if sizes != saved_sizes:
+        raise _misfit("optimizer", f"parameter groups of sizes {saved_sizes} in the checkpoint but "
+                                   f"{sizes} here (are other parameters trainable?)")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    by_id = dict(zip([i for g in groups for i in g["params"]], params))
+    for index, entry in state.items():
+        p = by_id.get(index)
+        if p is None or not isinstance(entry, Mapping):
+            raise _misfit("optimizer", f"state for parameter {index!r}, which the optimizer does not have")
+        for key in _PARAM_SHAPED:
+            value = entry.get(key)
+            if isinstance(value, torch.Tensor) and value.shape != p.shape:
+                raise _misfit("optimizer", f"{key} of parameter {index} has shape {tuple(value.shape)} "
+                                           f"but the parameter {tuple(p.shape)}")
 
 
 def _to_cpu(obj: Any) -> Any:
