@@ -47,8 +47,8 @@ __all__ = [
 class Normalize(nn.Module):
     """Input normalization ``(x - mean) / std`` living inside the model (inputs stay in [0, 1]).
 
-    ``mean`` and ``std`` hold one value per channel. Images ``(N, C, H, W)`` are normalized
-    per channel; flat inputs ``(N, C*H*W)`` (channel-major, as ``x.flatten(1)`` lays them
+    ``mean`` and ``std`` hold one value per channel. Images ``(N, C, H, W)`` (and any
+    ``(N, C, ...)``) are normalized per channel; flat inputs ``(N, C*H*W)`` (channel-major, as ``x.flatten(1)`` lays them
     out) per feature, each channel's statistics over its ``H*W`` features, so that the
     normalization is the same function of the pixels in both layouts (and the one that
     :func:`robustprune.layers.fold_for_analysis` folds into the first layer). With a single
@@ -74,9 +74,12 @@ class Normalize(nn.Module):
         channels = self.mean.numel()
         if channels == 1:  # scalar statistics broadcast over any shape
             return (x - self.mean.flatten()[0]) / self.std.flatten()[0]
+        if x.ndim >= 3 and x.shape[1] == channels:  # (N, C, *): per channel
+            shape = (1, channels) + (1,) * (x.ndim - 2)
+            return (x - self.mean.view(shape)) / self.std.view(shape)
         if x.ndim != 2 or x.shape[1] % channels:
             raise InvalidArgumentError(
-                f"Normalize has statistics for {channels} channels: it takes images (N, {channels}, H, W) "
+                f"Normalize has statistics for {channels} channels: it takes inputs (N, {channels}, ...) "
                 f"or flat inputs (N, {channels}*H*W), got shape {tuple(x.shape)}."
             )
         per = x.shape[1] // channels  # channel-major: each channel's H*W features in a row
