@@ -4,7 +4,10 @@ Each regularizer is an ``nn.Module`` whose ``forward(model)`` returns a differen
 scalar already multiplied by its ``weight``. By default it acts on every prunable layer
 (:func:`robustprune.layers.prunable_layers`) except the classifier head and a first layer
 that is a convolution; ``layers=`` (names or modules) overrides the selection. Weights are
-matricized with rows = output units.
+matricized with rows = output units. Constructors refuse a weight that is not a finite
+number >= 0 and a ``layers=`` that is empty or holds anything but names and modules;
+``reg.check(model)`` refuses a model that lacks a selected layer without running anything
+(call it before training).
 
 - :class:`BetaDispersion` lowers the dispersion ``beta`` of the dominant rows (the paper's
   beta-control): it flattens the top of the row-norm profile without making it less
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -73,15 +77,22 @@ class LayerRegularizer(nn.Module):
 
     def __init__(self, weight: float, layers: LayerSpec | None = None) -> None:
         super().__init__()
-        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise InvalidArgumentError(f"weight must be a finite number >= 0, got {weight!r}.")
-        if isinstance(layers, (str, nn.Module)):
-            layers = [layers]
-        self.weight = float(weight)
-        self.layers = None if layers is None else tuple(layers)
+        self.weight = _check_weight(weight)
+        self.layers = _check_layer_spec(layers)
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse a model this regularizer cannot act on (a layer of ``layers=`` that is not
+        in it, or not a Linear/Conv2d/LowRankLinear), without running it: call it before
+        training, so that the refusal comes before anything is changed."""
+        self.selected(model)
 
     def selected(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """``(name, module)`` of the layers this regularizer acts on in ``model``."""
+        if not isinstance(model, nn.Module):
+            raise InvalidArgumentError(
+                f"A regularizer is called with the model (an nn.Module), got {type(model).__name__}.",
+                argument="model",
+            )
         model = _unwrap(model)
         if self.layers is None:
             return default_layers(model)
@@ -135,8 +146,8 @@ class BetaDispersion(LayerRegularizer):
 
     def __init__(self, weight: float, top: float = 0.05, layers: LayerSpec | None = None) -> None:
         super().__init__(weight, layers)
-        if not 0 < float(top) <= 1:
-            raise InvalidArgumentError(f"top must be a fraction in (0, 1], got {top}.")
+        if isinstance(top, bool) or not isinstance(top, numbers.Real) or not 0 < float(top) <= 1:
+            raise InvalidArgumentError(f"top must be a fraction in (0, 1], got {top!r}.", argument="top")
         self.top = float(top)
 
     def penalty(self, name: str, layer: nn.Module) -> torch.Tensor:
@@ -209,9 +220,12 @@ class Alignment(LayerRegularizer):
 
     def __init__(self, weight: float, layers: LayerSpec | None = None, n_power_iterations: int = 1) -> None:
         super().__init__(weight, layers)
-        if int(n_power_iterations) < 1:
-            raise InvalidArgumentError(f"n_power_iterations must be >= 1, got {n_power_iterations}.")
-        self.n_power_iterations = int(n_power_iterations)
+        n = n_power_iterations
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) < 1:
+            raise InvalidArgumentError(
+                f"n_power_iterations must be a whole number >= 1, got {n!r}.", argument="n_power_iterations"
+            )
+        self.n_power_iterations = int(n)
         self._vectors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pairs: tuple[weakref.ref[nn.Module], tuple[tuple[str, str], ...]] | None = None
         self._skipped: set[tuple[str, str]] = set()
@@ -230,6 +244,11 @@ class Alignment(LayerRegularizer):
             pairs = tuple((p.a, p.b) for p in found if p.a in chosen and p.b in chosen)
             self._pairs = (weakref.ref(model), pairs)
         return self._pairs[1]
+
+    def check(self, model: nn.Module) -> None:
+        """As :meth:`LayerRegularizer.check`, and the model must be traceable (its pairs)."""
+        self.selected(model)
+        self.pairs(model)
 
     def forward(self, model: nn.Module) -> torch.Tensor:
         inner = _unwrap(model)
@@ -297,6 +316,45 @@ class Alignment(LayerRegularizer):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", n_power_iterations={self.n_power_iterations}"
+
+
+def _check_weight(weight: object) -> float:
+    """A regularizer's weight: a finite real number >= 0 (not a bool or a string)."""
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, numbers.Real)
+        or not math.isfinite(float(weight))
+        or float(weight) < 0
+    ):
+        raise InvalidArgumentError(f"weight must be a finite number >= 0, got {weight!r}.", argument="weight")
+    return float(weight)
+
+
+def _check_layer_spec(layers: object) -> tuple[str | nn.Module, ...] | None:
+    """``layers=``: ``None`` (the default layers), or a non-empty sequence of names (str) and
+    modules; a single name or module is a sequence of one."""
+    if layers is None:
+        return None
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple)):
+        raise InvalidArgumentError(
+            f"layers must be a list of layer names or modules, got {type(layers).__name__}.", argument="layers"
+        )
+    bad = [spec for spec in layers if not isinstance(spec, (str, nn.Module))]
+    if bad:
+        raise InvalidArgumentError(
+            f"layers takes names from model.named_modules() (str) or the modules themselves, "
+            f"got {bad[0]!r} ({type(bad[0]).__name__}).",
+            argument="layers",
+        )
+    if not layers:
+        raise InvalidArgumentError(
+            "layers is empty: the regularizer would act on nothing. Pass layers=None for the "
+            "default layers, or name at least one.",
+            argument="layers",
+        )
+    return tuple(layers)
 
 
 def _full_precision(layer: nn.Module) -> torch.autocast:

@@ -98,7 +98,10 @@ def test_chain_bounds_follow_their_definitions():
         naive = math.prod(metrics.operator_norm(m, p) for m in layers)
         assert bound.naive == pytest.approx(naive, rel=1e-9)
         assert bound.head_norm == pytest.approx(metrics.operator_norm(model.head, p), rel=1e-9)
-        assert bound.gap == pytest.approx(0.1 * naive * bound.head_norm, rel=1e-9)
+        # a 10-class softmax cross-entropy head: ||softmax - e_y||_1 <= 2 gives 2 (l-inf), sqrt(2) (l2)
+        factor = 2.0 if p == "inf" else math.sqrt(2.0)
+        assert bound.head_loss == "softmax" and bound.gap_factor == pytest.approx(factor)
+        assert bound.gap == pytest.approx(factor * 0.1 * naive * bound.head_norm, rel=1e-9)
         assert bound.aligned is not None and bound.aligned <= bound.naive * (1 + 1e-12)
         assert "data masks" in bound.aligned_kind
     assert report.alignment_mode == "data" and report.n_samples == 64

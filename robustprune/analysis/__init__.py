@@ -13,21 +13,23 @@ matricized ``sigma_max`` (``= S_sigma ||W||_F`` exactly), the conv operator l2 n
 
 Network (sequential chains only; residual or attention models get ``None`` and the reason):
 the naive Lipschitz bound ``prod ||W^l||_p`` of the encoder (every layer but the head, times
-the Lipschitz constants of the ops between), the aligned estimate, the head's norm
-``||C||_(p->p)``, the gap bound ``delta L ||C||`` and, with labelled data, the certified
-fraction. With labelled data, the dominant-direction audit runs for every norm.
+the Lipschitz constants of the ops between), the aligned estimate (not a bound), the head's
+norm ``||C||_(p->p)``, the gap bound that holds for the head (``delta L ||c||`` for a
+one-logit logistic head; ``2 delta L ||C||`` in l-infinity, ``sqrt(2) delta L ||C||`` in l2
+for a softmax cross-entropy head) and, with labelled data, the certified fraction. With
+labelled data, the dominant-direction audit runs for every norm.
 
 - :mod:`~robustprune.analysis.analyze`: :func:`analyze`, step by step;
 - :mod:`~robustprune.analysis.report`: :class:`Report`, :class:`LayerRow`,
   :class:`NetworkBound` and their text, markdown and JSON rendering;
 - :mod:`~robustprune.analysis.audit`: the dominant-direction audit;
-- private helpers: ``_data`` (settings, data, recording forwards), ``_pairs`` (pair
-  alignment), ``_network`` (chain bounds).
+- private helpers: ``_checks`` (the argument checks), ``_data`` (data, example inputs,
+  recording forwards), ``_pairs`` (pair alignment), ``_network`` (chain bounds).
 """
 
 from __future__ import annotations
 
-from robustprune.analysis._data import DEFAULT_DELTA as DEFAULT_DELTA
+from robustprune.analysis._checks import DEFAULT_DELTA as DEFAULT_DELTA
 from robustprune.analysis._pairs import CONV_ALIGNMENT_SAMPLES as CONV_ALIGNMENT_SAMPLES
 from robustprune.analysis.analyze import analyze as analyze
 from robustprune.analysis.audit import AuditResult as AuditResult

@@ -1,24 +1,21 @@
-"""What :func:`robustprune.analysis.analyze` works on: checked settings, the data batch,
-and forward passes of the model that record layer inputs, input shapes or logits."""
+"""What :func:`robustprune.analysis.analyze` works on: the data batch and the example
+inputs (each checked where it is collected), and forward passes of the model that check it
+accepts them, record layer inputs or input shapes, or give the logits."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustprune.analysis.report import p_label
+from robustprune._inputs import resolve_example_inputs
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
-from robustprune.metrics import check_norm
 
 __all__ = [
-    "DEFAULT_DELTA",
-    "check_norms",
-    "check_delta",
     "collect_data",
+    "example_batch",
     "check_forward",
     "input_shapes",
     "layer_inputs",
@@ -26,103 +23,172 @@ __all__ = [
     "model_name",
 ]
 
-#: budgets used for gap bounds, certified fraction and audit when ``delta`` is not given
-#: (DESIGN's CIFAR budgets; pass ``delta=`` for other datasets)
-DEFAULT_DELTA: dict[str, float] = {"inf": 8 / 255, "2": 0.5}
-
-
-def check_norms(norms: Sequence[str]) -> tuple[str, ...]:
-    """The norms as ``"2"`` / ``"inf"``, deduplicated in order, at least one."""
-    if isinstance(norms, str):
-        norms = (norms,)
-    out = tuple(dict.fromkeys(check_norm(p) for p in norms))
-    if not out:
-        raise InvalidArgumentError("norms must name at least one of '2' and 'inf'.")
-    return out
-
-
-def check_delta(delta: float | Mapping[str, float] | None, norms: tuple[str, ...]) -> dict[str, float]:
-    """One budget per norm: :data:`DEFAULT_DELTA`, the same float for each, or the mapping."""
-    if delta is None:
-        values = dict(DEFAULT_DELTA)
-    elif isinstance(delta, Mapping):
-        values = {check_norm(k): float(v) for k, v in delta.items()}
-        missing = [p for p in norms if p not in values]
-        if missing:
-            raise InvalidArgumentError(f"delta has no budget for norm(s) {missing}; give one per norm.")
-    else:
-        values = {p: float(delta) for p in norms}
-    for p in norms:
-        if not math.isfinite(values[p]) or values[p] < 0:
-            raise InvalidArgumentError(f"delta for l{p_label(p)} must be finite and >= 0, got {values[p]}.")
-    return values
-
 
 def collect_data(
     data: Any, max_samples: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(x, y)`` from ``(x, y)``, ``x`` alone or an iterable of batches: the first
-    ``max_samples`` samples on ``device`` in ``dtype`` (``y`` is ``None`` without labels)."""
+    ``max_samples`` samples on ``device`` in ``dtype`` (``y`` is ``None`` without labels).
+
+    Refused: batches that are not tensors or ``(x, y)`` pairs, inputs without a batch
+    dimension or of changing shapes, empty data, non-finite inputs or inputs outside [0, 1]
+    (the analysis describes the map from raw inputs in [0, 1]: normalization lives inside
+    the model), labels that are not one integer class index per input."""
     if data is None:
         return None, None
-    if isinstance(data, torch.Tensor):
-        xs, ys = [data], None
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        xs, ys = [data[0]], [torch.as_tensor(data[1])]
-    elif isinstance(data, Iterable):
-        xs, ys, n = [], [], 0
-        for batch in data:
-            if isinstance(batch, torch.Tensor):
-                bx, by = batch, None
-            elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-                bx, by = batch[0], (batch[1] if len(batch) > 1 else None)
-            else:
-                raise InvalidArgumentError(
-                    f"data batches must be tensors or (x, y) pairs, got {type(batch).__name__}."
-                )
-            xs.append(bx)
-            if by is not None:
-                ys.append(torch.as_tensor(by))
-            n += bx.shape[0]
-            if n >= max_samples:
-                break
-        if ys and len(ys) != len(xs):
-            raise InvalidArgumentError("Some data batches have labels and some do not.")
-        ys = ys or None
-    else:
-        raise InvalidArgumentError(
-            f"data must be (x, y), x, or an iterable of (x, y) batches, got {type(data).__name__}."
-        )
+    xs, ys = _batches(data, max_samples)
     if not xs:
-        raise InvalidArgumentError("data is empty.")
-    x = torch.cat([t.detach() for t in xs])[:max_samples].to(device=device, dtype=dtype)
-    y = None if ys is None else torch.cat(ys)[:max_samples].to(device=device, dtype=torch.long)
-    if x.shape[0] == 0:
-        raise InvalidArgumentError("data is empty.")
-    if y is not None and y.shape != x.shape[:1]:
+        raise InvalidArgumentError("data is empty.", argument="data")
+    shapes = {tuple(t.shape[1:]) for t in xs}
+    if len(shapes) > 1:
         raise InvalidArgumentError(
-            f"data labels must be one per input, got {tuple(y.shape)} for {x.shape[0]} inputs."
+            f"data batches have different input shapes {sorted(shapes)}; give batches of one shape.",
+            argument="data",
         )
+    x = torch.cat([t.detach() for t in xs])[:max_samples].to(device=device, dtype=dtype)
+    if x.shape[0] == 0:
+        raise InvalidArgumentError("data is empty.", argument="data")
     if not torch.isfinite(x).all():
-        raise InvalidArgumentError("data has non-finite inputs (NaN or inf).")
-    return x, y
+        raise InvalidArgumentError("data has non-finite inputs (NaN or inf).", argument="data")
+    if x.min() < 0 or x.max() > 1:
+        raise InvalidArgumentError(
+            f"data inputs must lie in [0, 1] (raw images; the model normalizes internally), got "
+            f"values in [{float(x.min()):.4g}, {float(x.max()):.4g}]. Scale them to [0, 1] and "
+            "put the normalization inside the model (create_model(..., mean=, std=)).",
+            argument="data",
+        )
+    if ys is None:
+        return x, None
+    y = torch.cat(ys)[:max_samples]
+    if y.shape != x.shape[:1]:
+        raise InvalidArgumentError(
+            f"data labels must be one per input, got {tuple(y.shape)} for {x.shape[0]} inputs.",
+            argument="data",
+        )
+    return x, y.to(device=device, dtype=torch.long)
 
 
-def check_forward(model: nn.Module, x: torch.Tensor, what: str) -> None:
-    """Run the model once (eval mode, restored) on ``x``; a failure names ``what``."""
+def _batches(data: Any, max_samples: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The input tensors and the label tensors (``None`` without labels) of ``data``."""
+    if isinstance(data, torch.Tensor):
+        return [_inputs_tensor(data)], None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return [_inputs_tensor(data[0])], [_labels_tensor(data[1])]
+    if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
+        raise InvalidArgumentError(
+            f"data must be (x, y), x, or an iterable of (x, y) batches, got {type(data).__name__}.",
+            argument="data",
+        )
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    n = 0
+    for batch in data:
+        if isinstance(batch, torch.Tensor):
+            bx, by = batch, None
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+            bx, by = batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            raise InvalidArgumentError(
+                f"data batches must be tensors or (x, y) pairs, got {type(batch).__name__}.",
+                argument="data",
+            )
+        xs.append(_inputs_tensor(bx))
+        if by is not None:
+            ys.append(_labels_tensor(by))
+        n += bx.shape[0]
+        if n >= max_samples:
+            break
+    if ys and len(ys) != len(xs):
+        raise InvalidArgumentError("Some data batches have labels and some do not.", argument="data")
+    return xs, (ys or None)
+
+
+def _inputs_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A batch of inputs: a real tensor with a batch dimension."""
+    if x.ndim < 2 or x.is_complex():
+        raise InvalidArgumentError(
+            f"data inputs must be a real batch (N, ...), got shape {tuple(x.shape)} ({x.dtype}); "
+            "add a batch dimension, e.g. x.unsqueeze(0).",
+            argument="data",
+        )
+    return x
+
+
+def _labels_tensor(y: Any) -> torch.Tensor:
+    """A batch of labels: integer class indices, one dimension."""
+    try:
+        t = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidArgumentError(
+            f"data labels must be a tensor of class indices, got {type(y).__name__}.", argument="data"
+        ) from exc
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise InvalidArgumentError(
+            f"data labels must be integer class indices, got dtype {t.dtype}; convert them with "
+            "y.long() if they are whole numbers.",
+            argument="data",
+        )
+    if t.ndim != 1:
+        raise InvalidArgumentError(
+            f"data labels must be one class index per input (N,), got shape {tuple(t.shape)}.",
+            argument="data",
+        )
+    return t
+
+
+def example_batch(
+    model: nn.Module, example_inputs: Any, x: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The example inputs: the caller's (checked: one finite batch), else the first data
+    sample, else inferred from the model; on ``device`` in ``dtype``."""
+    example = resolve_example_inputs(model, example_inputs, x)
+    if isinstance(example, tuple):
+        raise InvalidArgumentError(
+            f"analyze takes example_inputs as one tensor (a batch of the model's inputs), got "
+            f"a tuple of {len(example)} tensors.",
+            argument="example_inputs",
+        )
+    if example.ndim < 2:
+        raise InvalidArgumentError(
+            f"example_inputs must be a non-empty batch (N, ...), got shape {tuple(example.shape)}; "
+            "add a batch dimension, e.g. x.unsqueeze(0).",
+            argument="example_inputs",
+        )
+    if example.is_complex() or not torch.isfinite(example).all():
+        raise InvalidArgumentError(
+            "example_inputs must be real and finite (no NaN or inf).", argument="example_inputs"
+        )
+    return example.detach().to(device=device, dtype=dtype)
+
+
+def check_forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+    """The model's output on ``x`` (eval mode, restored): a failure names ``what``; an
+    output that is not a tensor, or is not finite, is refused."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     except Exception as exc:
         raise InvalidArgumentError(
             f"The model does not accept {what} of shape {tuple(x.shape)} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Pass inputs with the shape the "
-            "model expects, e.g. torch.rand(1, 3, 32, 32) for a CIFAR model."
+            "model expects, e.g. torch.rand(1, 3, 32, 32) for a CIFAR model.",
+            argument=what,
         ) from exc
     finally:
         model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ModelNotSupportedError(
+            f"analyze needs a model that returns one tensor of logits; it returned a "
+            f"{type(out).__name__} on {what}."
+        )
+    if out.is_floating_point() and not torch.isfinite(out).all():
+        raise ModelNotSupportedError(
+            f"The model's outputs on {what} are not finite (NaN or inf): its weights overflow. "
+            "Fix the model before analyzing it."
+        )
+    return out
 
 
 def input_shapes(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> dict[str, tuple[int, ...]]:

@@ -5,7 +5,9 @@ The encoder ``Phi`` is every chain layer before the head. Its naive bound is
 BatchNorm left unfolded, pooling, normalization); the aligned estimate pairs the layers as
 :func:`robustprune.metrics.aligned_lipschitz_bound` does. Conv l2 norms that are the
 matricized ``sigma_max`` are multiplied by :func:`robustprune.metrics.conv_norm_bound_factor`
-so that the bound stays valid.
+so that the bound stays valid. The gap bound takes the factor of the head's loss
+(:func:`robustprune.metrics.gap_factor`: 1 for a one-logit logistic head, 2 in l-infinity
+and sqrt(2) in l2 for a softmax cross-entropy head of two or more logits).
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from robustprune.analysis.report import LayerRow, NetworkBound, finite, p_label
+from robustprune.analysis.report import LayerRow, NetworkBound, bound_kinds, finite, p_label
 from robustprune.errors import ModelNotSupportedError, RobustPruneError
-from robustprune.layers import MeanPad, Normalize
+from robustprune.layers import Center, MeanPad, Normalize
 from robustprune.layers.graph import node_kind
 from robustprune.metrics import (
     aligned_lipschitz_bound,
     certified_fraction,
     conv_norm_bound_factor,
     gap_bound,
+    gap_factor,
+    head_loss,
     naive_lipschitz_bound,
 )
 
@@ -79,6 +83,7 @@ def network_bound(ctx: NetworkContext, p: str, delta: float) -> NetworkBound:
     head_norm = head.norm(p) * suffix
     if p == "2" and head.kind == "Conv2d" and head.norm_2_operator is None:
         head_norm *= conv_norm_bound_factor(ctx.folded.get_submodule(head.name))
+    loss = head_loss(head.matrix_shape[0])
     aligned, aligned_reason = None, ""
     if len(encoder) >= 2:
         pair_values = [
@@ -95,19 +100,23 @@ def network_bound(ctx: NetworkContext, p: str, delta: float) -> NetworkBound:
     cert = None
     if ctx.logits is not None and ctx.labels is not None:
         cert = certified_fraction(ctx.logits, ctx.labels, delta=delta, lipschitz=naive, head_norm=head_norm)
+    kind = f"estimate, {ctx.mode} masks" if aligned is not None else ""
     return NetworkBound(
         p=p,
         delta=delta,
         naive=finite(naive),
         aligned=finite(aligned),
-        aligned_kind=f"estimate, {ctx.mode} masks" if aligned is not None else "",
+        aligned_kind=kind,
         head_norm=finite(head_norm),
-        gap=finite(gap_bound(delta, naive, head_norm)),
-        gap_aligned=None if aligned is None else finite(gap_bound(delta, aligned, head_norm)),
+        gap=finite(gap_bound(delta, naive, head_norm, head=loss, p=p)),
+        gap_aligned=None if aligned is None else finite(gap_bound(delta, aligned, head_norm, head=loss, p=p)),
         certified_fraction=cert,
         layer_norms=tuple(norms),
         between=tuple(factors),
         aligned_reason=aligned_reason,
+        head_loss=loss,
+        gap_factor=gap_factor(loss, p),
+        kinds=bound_kinds(loss, p, kind, cert is not None),
     )
 
 
@@ -163,7 +172,7 @@ def op_lipschitz(node: torch.fx.Node, modules: dict[str, nn.Module], p: str) -> 
 
 
 def _module_lipschitz(m: nn.Module, p: str) -> float | None:
-    if isinstance(m, (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, MeanPad, Normalize)):
+    if isinstance(m, (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, MeanPad, Center, Normalize)):
         if isinstance(m, Normalize):
             return float((1.0 / m.std).max())
         return 1.0

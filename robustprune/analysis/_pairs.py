@@ -4,6 +4,12 @@ For each pair ``(a, b)`` found by :func:`robustprune.layers.consecutive_pairs`, 
 between the two layers are copied out of the trace as a module ``z -> input of b`` (with the
 activations replaced by the identity in identity mode, ``D = I``), the inputs of ``a`` are
 recorded on the data batch, and :func:`robustprune.metrics.alignment` measures ``A_p``.
+
+``A_p`` lies in (0, 1] when the ops between the pair are 1-Lipschitz (ReLU masks, folded
+BatchNorm, average or non-overlapping max pooling, flattening). Otherwise it is at most the
+ops' Lipschitz constant ``c`` (``sqrt(overlap)`` in l2 across an overlapping max-pool, the
+largest ``|gamma| / sqrt(var + eps)`` across a BatchNorm that could not be folded), and
+:func:`alignment_ceiling_notes` says so in the report for every such pair.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustprune.analysis._data import layer_inputs
+from robustprune.analysis._network import op_lipschitz
+from robustprune.analysis.report import fmt, p_label
 from robustprune.errors import RobustPruneError
 from robustprune.layers import Pair, path_between
 from robustprune.layers.graph import is_activation, node_of
@@ -29,6 +37,8 @@ __all__ = [
     "PairContext",
     "pair_alignments",
     "pair_alignment",
+    "pair_lipschitz",
+    "alignment_ceiling_notes",
     "through_module",
 ]
 
@@ -148,3 +158,43 @@ def through_module(
         last = env[node]
     new.output(last)
     return torch.fx.GraphModule(root, new)
+
+
+def pair_lipschitz(ctx: PairContext, a: str, b: str, p: str) -> float | None:
+    """The Lipschitz constant (w.r.t. ``p``) of the ops between layers ``a`` and ``b`` as the
+    alignment sees them (activations dropped in identity mode), ``None`` when unknown: the
+    ceiling of ``A_p(a, b)``."""
+    modules = dict(ctx.folded.named_modules())
+    c = 1.0
+    for node in path_between(ctx.graph, modules, a, b):
+        if ctx.mode != "data" and is_activation(node, modules):
+            continue
+        value = op_lipschitz(node, modules, p)
+        if value is None:
+            return None
+        c *= value
+    return c
+
+
+def alignment_ceiling_notes(ctx: PairContext, alignments: Alignments) -> list[str]:
+    """One note listing the pairs whose alignment may exceed 1 because the ops between them
+    are not 1-Lipschitz (``A_p <= c``, ``c`` their Lipschitz constant), if any."""
+    found = []
+    for (a, b), values in alignments.items():
+        for p, value in values.items():
+            if value is None:
+                continue
+            try:
+                c = pair_lipschitz(ctx, a, b, p)
+            except RobustPruneError:
+                c = None
+            if c is None or c > 1 + 1e-9:
+                ceiling = "unknown" if c is None else fmt(c)
+                found.append(f"{a}->{b} l{p_label(p)} A={fmt(value)} <= c={ceiling}")
+    if not found:
+        return []
+    return [
+        "alignment may exceed 1 where the ops between two layers are not 1-Lipschitz (an "
+        "overlapping max-pool: c = sqrt(overlap) in l2; a BatchNorm not folded: "
+        "c = max |gamma|/sqrt(var+eps)); A_p <= c: " + "; ".join(found)
+    ]

@@ -3,27 +3,32 @@ fold the model, measure every layer, align every consecutive pair, bound the cha
 
 All quantities are measured on :func:`robustprune.layers.fold_for_analysis` of the model
 (eval-mode BatchNorm and the input normalization folded into the adjacent weights), so they
-describe the map from raw inputs in [0, 1] to logits. The model itself is never modified.
+describe the map from raw inputs in [0, 1] to logits; the folded copy is checked to compute
+the model's function on the example inputs (else the raw weights are measured, with a note).
+Every argument is checked before anything runs; the model itself is never modified.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustprune._inputs import resolve_example_inputs
-from robustprune.analysis._data import (
+from robustprune.analysis._checks import (
     DEFAULT_DELTA,
-    check_delta,
+    Settings,
+    check_labels,
+    check_model,
+    check_settings,
+)
+from robustprune.analysis._data import (
     check_forward,
-    check_norms,
     collect_data,
+    example_batch,
     input_shapes,
     logits_of,
     model_name,
@@ -34,10 +39,11 @@ from robustprune.analysis._pairs import (
     OperatorNorms,
     PairContext,
     Reasons,
+    alignment_ceiling_notes,
     pair_alignments,
 )
 from robustprune.analysis.report import LayerRow, Report
-from robustprune.errors import InvalidArgumentError, ModelNotSupportedError, RobustPruneError
+from robustprune.errors import RobustPruneError
 from robustprune.layers import (
     classifier_head,
     consecutive_pairs,
@@ -48,7 +54,6 @@ from robustprune.layers import (
 from robustprune.layers.graph import trace
 from robustprune.metrics import (
     AuditResult,
-    check_eps,
     compressibility,
     dominant_direction_audit,
     operator_norm,
@@ -59,17 +64,9 @@ from robustprune.metrics import (
 __all__ = ["analyze", "DEFAULT_DELTA"]
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The checked arguments of one :func:`analyze` call."""
-
-    eps: float
-    norms: tuple[str, ...]
-    conv_norm: str
-    deltas: dict[str, float]
-    max_samples: int
-    alignment_samples: int | None
-    progress: bool
+#: relative tolerance of the check that the folded copy computes the model's function:
+#: ``max |folded(x) - model(x)| <= FOLD_RTOL * max |model(x)|`` on the example inputs
+FOLD_RTOL = 1e-3
 
 
 def analyze(
@@ -89,6 +86,12 @@ def analyze(
     network's Lipschitz and gap bounds, and (with labelled data) the dominant-direction audit
     and the certified fraction.
 
+    Which numbers are theorems: the naive Lipschitz bound, the gap bound (for the model's
+    head: ``delta L ||c||`` for a one-logit logistic head, ``2 delta L ||C||`` in l-infinity
+    and ``sqrt(2) delta L ||C||`` in l2 for a softmax cross-entropy head) and the certified
+    fraction. The aligned values (``aligned``, ``gap_aligned``) are estimates from the
+    observed (or identity) masks; :attr:`NetworkBound.kinds` and every rendering say so.
+
     Args:
         model: any model with Linear/Conv2d layers; left unchanged (mode included).
         example_inputs: a batch the model accepts (sets conv input sizes); inferred from
@@ -96,14 +99,15 @@ def analyze(
             the input shape recorded by ``robustprune.models.create_model``, timm and
             torchvision classifiers, a first Linear layer) when omitted.
         data: ``(x, y)``, ``x`` alone, or an iterable of ``(x, y)`` batches (first
-            ``max_samples`` samples). Enables data-mode alignment (masks observed on ``x``);
+            ``max_samples`` samples): inputs finite and in [0, 1], labels integer class
+            indices in [0, K). Enables data-mode alignment (masks observed on ``x``);
             labels enable the audit, the certified fraction and the clean accuracy.
         norms: which of ``"2"``, ``"inf"`` to use for alignment, bounds and the audit.
         conv_norm: ``"matricized"`` (fast) or ``"operator"`` (conv l2 norms by power
             iteration at the actual input sizes, reported in their own column).
         eps: the relative residual at which ``k`` is reported (in (0, 1)).
-        delta: perturbation budget, a float for every norm or ``{"2": ..., "inf": ...}``;
-            default :data:`DEFAULT_DELTA`.
+        delta: perturbation budget, a float for every norm or ``{"2": ..., "inf": ...}``
+            (finite, >= 0, at most 1 in l-infinity); default :data:`DEFAULT_DELTA`.
         max_samples: at most this many samples of ``data`` are used (audit, certified
             fraction, clean accuracy).
         alignment_samples: data-mode alignment takes the max over the masks of the first
@@ -112,11 +116,18 @@ def analyze(
             of forward and adjoint convolutions per power-iteration step (about 10 s per
             32 samples per ResNet-18 pair on one CPU core; raise it on a GPU).
         progress: show a progress bar over layers.
+
+    Raises:
+        RobustPruneError: (an ``InvalidArgumentError`` or ``ModelNotSupportedError``) for
+            a bad argument, before anything runs: a non-numeric or out-of-range ``eps``,
+            ``delta``, ``max_samples`` or ``alignment_samples``, unknown ``norms`` or
+            ``conv_norm``, data or example inputs the model does not accept (or NaN), a
+            model without prunable layers, with non-finite weights or on the meta device.
     """
-    s = _settings(eps, norms, conv_norm, delta, max_samples, alignment_samples, progress)
+    s = check_settings(eps, norms, conv_norm, delta, max_samples, alignment_samples, progress)
     x, y, example = _inputs(model, example_inputs, data, s.max_samples)
     notes: list[str] = []
-    folded = _folded(model, notes)
+    folded = _folded(model, example, notes)
     layers = prunable_layers(folded)
     head = _head(folded, layers)
     shapes = input_shapes(folded, [m for _, m in layers], example[:1])
@@ -155,65 +166,44 @@ def analyze(
 # --------------------------------------------------------------------------- steps
 
 
-def _settings(
-    eps: float,
-    norms: Sequence[str],
-    conv_norm: str,
-    delta: float | Mapping[str, float] | None,
-    max_samples: int,
-    alignment_samples: int | None,
-    progress: bool,
-) -> _Settings:
-    eps = check_eps(eps)
-    norms_t = check_norms(norms)
-    if conv_norm not in ("matricized", "operator"):
-        raise InvalidArgumentError(f"conv_norm must be 'matricized' or 'operator', got {conv_norm!r}.")
-    if int(max_samples) < 1 or (alignment_samples is not None and int(alignment_samples) < 1):
-        raise InvalidArgumentError(
-            f"max_samples and alignment_samples must be >= 1, got {max_samples} and {alignment_samples}."
-        )
-    deltas = check_delta(delta, norms_t)
-    return _Settings(eps, norms_t, conv_norm, deltas, int(max_samples), alignment_samples, progress)
-
-
 def _inputs(
     model: nn.Module, example_inputs: Any, data: Any, max_samples: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """``(x, y, example)``: the data batch (``None`` without data) and one checked batch of
-    example inputs, both on the model's device in its dtype."""
-    if not prunable_layers(model):
-        raise ModelNotSupportedError(
-            f"{type(model).__name__} has no prunable layer (Linear, Conv2d or LowRankLinear): "
-            "there is nothing to analyze."
-        )
+    example inputs, both on the model's device in its dtype; the model is checked first,
+    and the labels against the number of logits."""
+    check_model(model)
     ref = next(model.parameters())
     device, dtype = ref.device, (ref.dtype if ref.is_floating_point() else torch.float32)
     x, y = collect_data(data, max_samples, device, dtype)
-    example = resolve_example_inputs(model, example_inputs, x)
-    if isinstance(example, tuple):
-        raise InvalidArgumentError(
-            f"analyze takes example_inputs as one tensor (a batch of the model's inputs), got "
-            f"a tuple of {len(example)} tensors."
-        )
-    if example.ndim < 2:
-        raise InvalidArgumentError(
-            f"example_inputs must be a non-empty batch (N, ...), got shape {tuple(example.shape)}; "
-            "add a batch dimension, e.g. x.unsqueeze(0)."
-        )
-    example = example.detach().to(device=device, dtype=dtype)
+    example = example_batch(model, example_inputs, x, device, dtype)
     check_forward(model, example, "example_inputs")
     if x is not None:
-        check_forward(model, x[:1], "data")
+        logits = check_forward(model, x[:1], "data")
+        if y is not None:
+            check_labels(y, logits)
     return x, y, example
 
 
-def _folded(model: nn.Module, notes: list[str]) -> nn.Module:
-    """The folded copy (the raw weights, with a note, when folding is not possible)."""
+def _folded(model: nn.Module, example: torch.Tensor, notes: list[str]) -> nn.Module:
+    """The folded copy, checked to compute the model's function on ``example``; the raw
+    weights (BatchNorm and normalization kept as ops, whose Lipschitz constants enter the
+    bounds), with a note, when folding is not possible or changes the function."""
     try:
         folded = fold_for_analysis(model)
     except RobustPruneError as exc:
         folded = copy.deepcopy(model).eval()
         notes.append(f"BatchNorm/normalization not folded ({exc}); norms describe the raw weights")
+    else:
+        ref, out = logits_of(model, example).double(), logits_of(folded, example).double()
+        diff, scale = float((out - ref).abs().max()), float(ref.abs().max())
+        if out.shape != ref.shape or not diff <= FOLD_RTOL * scale:
+            folded = copy.deepcopy(model).eval()
+            notes.append(
+                f"the folded copy does not compute the model's function on example_inputs (max "
+                f"|difference| {diff:.3g} of max |output| {scale:.3g}); BatchNorm/normalization "
+                "not folded, norms describe the raw weights"
+            )
     folded.requires_grad_(False)
     return folded
 
@@ -228,7 +218,7 @@ def _layer_metrics(
     name: str,
     layer: nn.Module,
     input_shape: tuple[int, ...] | None,
-    s: _Settings,
+    s: Settings,
     *,
     is_head: bool,
 ) -> dict[str, Any]:
@@ -262,7 +252,7 @@ def _alignments(
     shapes: dict[str, tuple[int, ...]],
     mode: str,
     x: torch.Tensor,
-    s: _Settings,
+    s: Settings,
     notes: list[str],
 ) -> tuple[Any, Alignments, Reasons]:
     """``(graph, alignments, reasons)`` of every consecutive pair (``graph`` is ``None``,
@@ -276,6 +266,7 @@ def _alignments(
     op_norms = OperatorNorms(folded, shapes, {n: r["norm_2_operator"] for n, r in base_rows.items()})
     ctx = PairContext(folded, graph, mode, x, s.norms, op_norms, s.alignment_samples)
     alignments, reasons = pair_alignments(ctx, pairs, progress=s.progress)
+    notes += alignment_ceiling_notes(ctx, alignments)
     return graph, alignments, reasons
 
 
@@ -327,7 +318,7 @@ def _chain(folded: nn.Module, head: str | None) -> tuple[tuple[str, ...] | None,
 
 
 def _audit(
-    model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None, s: _Settings
+    model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None, s: Settings
 ) -> tuple[dict[str, AuditResult] | None, str]:
     """The dominant-direction audit for every norm, or the reason it did not run."""
     if x is None or y is None:

@@ -54,8 +54,13 @@ class NetworkBound:
     ``naive`` is the always-valid ``prod ||W^l||_p`` (conv l2 norms: the operator norm by
     power iteration with ``conv_norm="operator"``, else ``c * sigma_max(matricized)`` with
     :func:`robustprune.metrics.conv_norm_bound_factor`); ``aligned`` pairs the layers as in
-    DESIGN.md and is an *estimate* (``aligned_kind`` says which masks). ``gap`` is
-    ``delta * naive * head_norm`` and ``gap_aligned`` the same with the aligned estimate."""
+    DESIGN.md and is an *estimate*, not a bound (``aligned_kind`` says which masks).
+    ``gap`` is the gap bound that holds for the model's head, ``gap_factor * delta * naive *
+    head_norm``: ``head_loss`` is ``"logistic"`` for a one-logit head (factor 1, the paper's
+    Corollary 3.3) and ``"softmax"`` for a K-class cross-entropy head (factor 2 in
+    l-infinity, sqrt(2) in l2: ``||softmax - e_y||_1 <= 2``). ``gap_aligned`` is the same
+    with the aligned estimate (an estimate). ``kinds`` says, per reported number, whether it
+    is an upper bound, an estimate or a certificate (it goes into :meth:`Report.to_dict`)."""
 
     p: str
     delta: float
@@ -70,6 +75,29 @@ class NetworkBound:
     between: tuple[float, ...] = ()
     reason: str = ""
     aligned_reason: str = ""
+    head_loss: str = ""
+    gap_factor: float | None = None
+    kinds: dict[str, str] = field(default_factory=dict)
+
+
+def bound_kinds(head_loss: str, p: str, aligned_kind: str, certified: bool) -> dict[str, str]:
+    """What each number of a :class:`NetworkBound` is: an upper bound, an estimate (the
+    aligned values, from data or identity masks) or a certificate."""
+    factor = "" if head_loss == "logistic" else ("2 * " if p == "inf" else "sqrt(2) * ")
+    head = (
+        "binary logistic head (Corollary 3.3)" if head_loss == "logistic"
+        else "softmax cross-entropy head, ||softmax - e_y||_1 <= 2"
+    )
+    kinds = {
+        "naive": "upper bound (always valid)",
+        "gap": f"upper bound for a {head}: {factor}delta * naive * head_norm",
+    }
+    if aligned_kind:
+        kinds["aligned"] = f"{aligned_kind}; not a bound"
+        kinds["gap_aligned"] = f"{aligned_kind}; not a bound: {factor}delta * aligned * head_norm"
+    if certified:
+        kinds["certified_fraction"] = "certificate: margin > 2 * delta * naive * head_norm"
+    return kinds
 
 
 @dataclass(frozen=True)
@@ -114,15 +142,17 @@ class Report:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" for _ in header) + "|")
         lines += ["| " + " | ".join(cells) + " |" for cells in table]
-        lines += ["", "| norm | δ | naive L(Φ) | aligned L(Φ) (estimate) | ‖C‖ | gap bound | certified |",
-                  "|---|---|---|---|---|---|---|"]
+        masks = f"{self.alignment_mode} masks"
+        lines += ["", f"| norm | δ | naive L(Φ) (bound) | aligned L(Φ) (estimate, {masks}) | ‖C‖ | "
+                  f"gap bound | gap (aligned, estimate) | certified |",
+                  "|---|---|---|---|---|---|---|---|"]
         for p in self.norms:
             b = self.bounds[p]
             lines.append(
                 f"| ℓ{p_label(p)} | {fmt(b.delta)} | {fmt(b.naive)} | {fmt(b.aligned)} | "
-                f"{fmt(b.head_norm)} | {fmt(b.gap)} | {fmt(b.certified_fraction)} |"
+                f"{fmt(b.head_norm)} | {fmt(b.gap)} | {fmt(b.gap_aligned)} | {fmt(b.certified_fraction)} |"
             )
-        reasons = _bound_reasons(self)
+        reasons = _bound_reasons(self) + _gap_lines(self)
         if reasons:
             lines += [""] + [f"- {r}" for r in reasons]
         if self.audit:
@@ -153,13 +183,15 @@ class Report:
                 lines.append(f"l{p_label(p)}: Lipschitz bound: none ({b.reason})")
                 continue
             aligned = (
-                f"aligned {fmt(b.aligned)} ({b.aligned_kind})" if b.aligned is not None
+                f"aligned {fmt(b.aligned)} ({b.aligned_kind}; not a bound)" if b.aligned is not None
                 else f"aligned: none ({b.aligned_reason})"
             )
+            gap_est = "" if b.gap_aligned is None else f", aligned gap estimate {fmt(b.gap_aligned)}"
             cert = "" if b.certified_fraction is None else f", certified {fmt(b.certified_fraction)}"
             lines.append(
                 f"l{p_label(p)}: L(Phi) naive {fmt(b.naive)} (upper bound), {aligned}; "
-                f"||C|| {fmt(b.head_norm)}; gap bound at delta={fmt(b.delta)}: {fmt(b.gap)}{cert}"
+                f"||C|| {fmt(b.head_norm)}; gap bound at delta={fmt(b.delta)}: {fmt(b.gap)} "
+                f"({_gap_formula(b)}){gap_est}{cert}"
             )
         if self.audit:
             for p, a in self.audit.items():
@@ -249,6 +281,24 @@ def _compressibility_cells(c: Compressibility | None) -> list[str]:
     if c is None:
         return ["—"] * 4
     return [f"{c.k}/{c.n}", fmt(c.eps), fmt(c.beta), fmt(c.structure_factor)]
+
+
+def _gap_formula(b: NetworkBound) -> str:
+    """How the gap bound of ``b`` was formed, for the head it holds for."""
+    if b.head_loss == "logistic":
+        return "binary logistic head: delta*L*||c||"
+    factor = "2" if b.p == "inf" else "sqrt(2)"
+    return f"softmax cross-entropy head: {factor}*delta*L*||C||"
+
+
+def _gap_lines(r: Report) -> list[str]:
+    """The markdown lines that say which gap bound holds and what the estimates are."""
+    out = [f"ℓ{p_label(p)} gap bound: {_gap_formula(r.bounds[p])}" for p in r.norms if r.bounds[p].gap is not None]
+    if any(r.bounds[p].aligned is not None for p in r.norms):
+        out.append(
+            f"aligned L(Φ) and aligned gap are estimates from {r.alignment_mode} masks, not bounds"
+        )
+    return out
 
 
 def _bound_reasons(r: Report) -> list[str]:

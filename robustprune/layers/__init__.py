@@ -2,7 +2,7 @@
 
 - :mod:`robustprune.layers.modules`: the prunable types, matricization (rows = output units),
   the classifier head and first layer, and the modules robustprune adds to models
-  (:class:`Normalize`, :class:`LowRankLinear`, :class:`MeanPad`).
+  (:class:`Normalize`, :class:`LowRankLinear`, :class:`MeanPad`, :class:`Center`).
 - :mod:`robustprune.layers.graph`: the :mod:`torch.fx` trace, consecutive pairs and chains.
 - :mod:`robustprune.layers.fold`: BatchNorm and input-normalization folding.
 """
@@ -17,6 +17,7 @@ from robustprune.layers.graph import consecutive_pairs as consecutive_pairs
 from robustprune.layers.graph import path_between as path_between
 from robustprune.layers.graph import sequential_chain as sequential_chain
 from robustprune.layers.modules import PRUNABLE_TYPES as PRUNABLE_TYPES
+from robustprune.layers.modules import Center as Center
 from robustprune.layers.modules import LowRankLinear as LowRankLinear
 from robustprune.layers.modules import MeanPad as MeanPad
 from robustprune.layers.modules import Normalize as Normalize
@@ -31,6 +32,7 @@ __all__ = [
     "Normalize",
     "LowRankLinear",
     "MeanPad",
+    "Center",
     "PRUNABLE_TYPES",
     "is_prunable",
     "prunable_layers",

@@ -3,8 +3,11 @@
 Norms and bounds (DESIGN.md, "Definitions") are computed on the folded copy, so that they
 describe the map from raw inputs in [0, 1] to logits. BatchNorm is folded with torch's own
 :func:`torch.nn.utils.fusion.fuse_conv_bn_weights` / ``fuse_linear_bn_weights``; the
-input normalization (:class:`~robustprune.layers.Normalize`) with the code below, which
-keeps a padded first convolution exact with :class:`~robustprune.layers.MeanPad`.
+input normalization (:class:`~robustprune.layers.Normalize`) with the code below: the
+first layer's input columns are scaled by ``1/std``; an unpadded conv or a Linear takes the
+shift ``-W' mean`` into its bias, a padded conv keeps its padding behind a
+:class:`~robustprune.layers.Center` (``x - mean``), so that its linear part stays the
+zero-padded convolution at the model's input shape.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from robustprune.errors import ModelNotSupportedError
 from robustprune.layers.graph import describe, node_kind, trace
-from robustprune.layers.modules import LowRankLinear, MeanPad, Normalize, get_submodule_parent
+from robustprune.layers.modules import Center, LowRankLinear, Normalize, get_submodule_parent
 
 __all__ = ["fold_batchnorm", "fold_for_analysis"]
 
@@ -66,10 +69,13 @@ def _fold_bn_into(layer: nn.Linear | nn.Conv2d, bn: nn.modules.batchnorm._BatchN
 def fold_for_analysis(model: nn.Module) -> nn.Module:
     """A copy with eval-mode BatchNorm folded into the adjacent layers and the model's
     :class:`Normalize` folded into the first layer (``W' = W / std`` per input channel, the
-    bias shifted by ``-W' mean``). Outputs are preserved exactly: a padded first
-    convolution gets :class:`MeanPad` in place of the Normalize, since zero-padding the
-    normalized input equals mean-padding the raw input. Norms and bounds are computed on
-    this copy, so they describe the map from raw inputs in [0, 1] to logits."""
+    bias shifted by ``-W' mean``). Outputs are preserved (up to rounding): a padded first
+    convolution keeps its padding and gets a :class:`Center` (``x - mean``) in place of the
+    Normalize, since ``conv_pad(W / std, x - mean) = conv_pad(W, (x - mean) / std)``; its
+    linear part is then the zero-padded convolution at the model's input shape, whose norm
+    is the one reported. Norms and bounds are computed on this copy, so they describe the map
+    from raw inputs in [0, 1] to logits. :func:`robustprune.analysis.analyze` checks that the
+    copy computes the model's function on the example inputs."""
     folded = fold_batchnorm(model)
     graph = trace(folded)
     modules = dict(folded.named_modules())
@@ -102,6 +108,10 @@ def _fold_normalize_into(
     with torch.no_grad():
         if isinstance(layer, nn.Conv2d) and not flat:
             delta, replacement = _fold_into_conv(layer, mean, std)
+            if delta is None:  # a padded conv: the shift stays in front of it
+                parent, attr = get_submodule_parent(model, norm_name)
+                setattr(parent, attr, replacement)
+                return
         elif isinstance(layer, (nn.Linear, LowRankLinear)):
             delta, replacement = _fold_into_linear(layer, mean, std), nn.Identity()
         else:
@@ -119,26 +129,24 @@ def _fold_normalize_into(
 
 def _fold_into_conv(
     layer: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor
-) -> tuple[torch.Tensor, nn.Module]:
-    """Scale the conv's input channels by ``1/std``; the bias shift and the module that
-    replaces the Normalize (MeanPad where the conv pads)."""
+) -> tuple[torch.Tensor | None, nn.Module]:
+    """Scale the conv's input channels by ``1/std``; ``(bias shift, Identity)`` for an
+    unpadded conv, ``(None, Center(mean))`` for a padded one (which keeps its padding)."""
     if layer.groups != 1:
         raise ModelNotSupportedError(
             "Folding normalization into a grouped first convolution is not supported."
         )
-    shift = (layer.weight / std.view(1, -1, 1, 1)) * mean.view(1, -1, 1, 1)
-    layer.weight.div_(std.view(1, -1, 1, 1))
-    delta = shift.sum(dim=(1, 2, 3))
     padding = layer.padding
     if isinstance(padding, str) or layer.padding_mode != "zeros":
         raise ModelNotSupportedError(
             "Folding normalization needs a first conv with numeric zero padding."
         )
-    replacement: nn.Module = (
-        MeanPad(mean, padding) if any(int(p) > 0 for p in padding) else nn.Identity()
-    )
-    layer.padding = (0, 0)
-    return delta, replacement
+    if any(int(p) > 0 for p in padding):
+        layer.weight.div_(std.view(1, -1, 1, 1))
+        return None, Center(mean)
+    shift = (layer.weight / std.view(1, -1, 1, 1)) * mean.view(1, -1, 1, 1)
+    layer.weight.div_(std.view(1, -1, 1, 1))
+    return shift.sum(dim=(1, 2, 3)), nn.Identity()
 
 
 def _fold_into_linear(

@@ -6,9 +6,9 @@ BatchNorm, ReLU-like activations, pooling, dropout or flattening (the pass-throu
 single path of such nodes (MLP, VGG); residual adds, concatenations and attention break the
 chain, and :func:`sequential_chain` says where.
 
-The trace keeps prunable layers (LowRankLinear included), :class:`Normalize` and
-:class:`MeanPad` as leaves, so every node is a layer, a pass-through op, a normalization,
-the input, the output or something else (:func:`node_kind`).
+The trace keeps prunable layers (LowRankLinear included), :class:`Normalize`,
+:class:`MeanPad` and :class:`Center` as leaves, so every node is a layer, a pass-through
+op, a normalization, the input, the output or something else (:func:`node_kind`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from robustprune.layers.modules import (
     PASS_METHODS,
     PASS_MODULES,
     RELU_LIKE,
+    Center,
     LowRankLinear,
     MeanPad,
     Normalize,
@@ -78,10 +79,10 @@ class Chain:
 
 
 class LeafTracer(torch.fx.Tracer):
-    """Keeps prunable layers (LowRankLinear included) and Normalize as leaves."""
+    """Keeps prunable layers (LowRankLinear included) and the normalizations as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (LowRankLinear, Normalize, MeanPad)):
+        if isinstance(m, (LowRankLinear, Normalize, MeanPad, Center)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -112,7 +113,7 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> NodeKind:
         module = modules[str(node.target)]
         if is_prunable(module):
             return "layer"
-        if isinstance(module, (Normalize, MeanPad)):
+        if isinstance(module, (Normalize, MeanPad, Center)):
             return "normalize"
         if isinstance(module, PASS_MODULES):
             return "pass"

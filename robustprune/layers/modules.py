@@ -5,15 +5,16 @@ Conv2d weight ``(out, in/groups, kh, kw)`` becomes ``out x (in/groups*kh*kw)``; 
 :class:`LowRankLinear` contributes its effective product ``B @ A``.
 
 The modules robustprune adds to models (:class:`Normalize`, :class:`LowRankLinear`,
-:class:`MeanPad`) live here, with the tables of op types that pass a layer's output on to
-the next layer (:data:`PASS_MODULES`, :data:`PASS_FUNCTIONS`, :data:`PASS_METHODS`) and of
-activations (:data:`RELU_LIKE`, :data:`ACTIVATION_FUNCTIONS`, :data:`ACTIVATION_METHODS`),
+:class:`MeanPad`, :class:`Center`) live here, with the tables of op types that pass a
+layer's output on to the next layer (:data:`PASS_MODULES`, :data:`PASS_FUNCTIONS`,
+:data:`PASS_METHODS`) and of activations (:data:`RELU_LIKE`, :data:`ACTIVATION_FUNCTIONS`, :data:`ACTIVATION_METHODS`),
 which :mod:`robustprune.layers.graph` reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ __all__ = [
     "Normalize",
     "LowRankLinear",
     "MeanPad",
+    "Center",
     "PRUNABLE_TYPES",
     "RELU_LIKE",
     "POOL_TYPES",
@@ -43,30 +45,69 @@ __all__ = [
 
 
 class Normalize(nn.Module):
-    """Input normalization ``(x - mean) / std`` living inside the model (inputs stay in [0, 1])."""
+    """Input normalization ``(x - mean) / std`` living inside the model (inputs stay in [0, 1]).
+
+    ``mean`` and ``std`` hold one value per channel. Images ``(N, C, H, W)`` (and any
+    ``(N, C, ...)``) are normalized per channel; flat inputs ``(N, C*H*W)`` (channel-major, as ``x.flatten(1)`` lays them
+    out) per feature, each channel's statistics over its ``H*W`` features, so that the
+    normalization is the same function of the pixels in both layouts (and the one that
+    :func:`robustprune.layers.fold_for_analysis` folds into the first layer). With a single
+    channel the statistics are scalars and any input shape is accepted; with several, other
+    shapes are refused."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(list(mean), dtype=torch.float32)
-        std_t = torch.as_tensor(list(std), dtype=torch.float32)
-        if mean_t.shape != std_t.shape or mean_t.ndim != 1:
+        mean_t, std_t = _statistics(mean, "mean"), _statistics(std, "std")
+        if mean_t.shape != std_t.shape:
             raise InvalidArgumentError(
                 f"Normalize needs mean and std of the same length (one per channel), "
                 f"got {len(mean_t)} and {len(std_t)}."
             )
         if torch.any(std_t <= 0):
-            raise InvalidArgumentError(f"Normalize needs a positive std, got {std_t.tolist()}.")
+            raise InvalidArgumentError(f"Normalize needs a positive std, got {std_t.tolist()}.", argument="std")
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
         self.register_buffer("std", std_t.view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
             return (x - self.mean) / self.std
-        # flat inputs: broadcast channel statistics over the trailing dims
-        return (x - self.mean.flatten()[0]) / self.std.flatten()[0]
+        channels = self.mean.numel()
+        if channels == 1:  # scalar statistics broadcast over any shape
+            return (x - self.mean.flatten()[0]) / self.std.flatten()[0]
+        if x.ndim >= 3 and x.shape[1] == channels:  # (N, C, *): per channel
+            shape = (1, channels) + (1,) * (x.ndim - 2)
+            return (x - self.mean.view(shape)) / self.std.view(shape)
+        if x.ndim != 2 or x.shape[1] % channels:
+            raise InvalidArgumentError(
+                f"Normalize has statistics for {channels} channels: it takes inputs (N, {channels}, ...) "
+                f"or flat inputs (N, {channels}*H*W), got shape {tuple(x.shape)}."
+            )
+        per = x.shape[1] // channels  # channel-major: each channel's H*W features in a row
+        mean = self.mean.flatten().repeat_interleave(per)
+        std = self.std.flatten().repeat_interleave(per)
+        return (x - mean) / std
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def _statistics(values: Sequence[float], what: str) -> torch.Tensor:
+    """Per-channel statistics: a non-empty sequence of finite real numbers, float32."""
+    bad = isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable)
+    if not bad:
+        items = list(values.flatten()) if isinstance(values, torch.Tensor) else list(values)
+        bad = not items or any(
+            isinstance(v, bool) or not isinstance(v, (numbers.Real, torch.Tensor)) for v in items
+        )
+    if bad:
+        raise InvalidArgumentError(
+            f"Normalize needs {what} as a non-empty list of numbers (one per channel), got {values!r}.",
+            argument=what,
+        )
+    t = torch.as_tensor([float(v) for v in items], dtype=torch.float32)
+    if not torch.isfinite(t).all():
+        raise InvalidArgumentError(f"Normalize needs a finite {what}, got {t.tolist()}.", argument=what)
+    return t
 
 
 class LowRankLinear(nn.Module):
@@ -74,6 +115,12 @@ class LowRankLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
         super().__init__()
+        sizes = {"in_features": in_features, "out_features": out_features, "rank": rank}
+        for what, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise InvalidArgumentError(
+                    f"LowRankLinear {what} must be a whole number >= 1, got {value!r}.", argument=what
+                )
         if not 1 <= rank <= min(in_features, out_features):
             raise InvalidArgumentError(
                 f"LowRankLinear rank must be in [1, {min(in_features, out_features)}], got {rank}."
@@ -97,8 +144,11 @@ class LowRankLinear(nn.Module):
 class MeanPad(nn.Module):
     """Pads an image with its per-channel ``mean`` instead of zero.
 
-    Used when folding input normalization into a padded first convolution: zero padding of
-    the normalized input equals mean padding of the raw input, so the fold stays exact.
+    Zero padding of the normalized input equals mean padding of the raw input. Earlier
+    versions of :func:`robustprune.layers.fold_for_analysis` put it in front of an unpadded
+    first convolution; the fold now leaves a :class:`Center` and keeps the conv's padding, so
+    that the conv's norm is measured on the map of the real input. Still recognized by the
+    analysis (a 1-Lipschitz op).
     """
 
     def __init__(self, mean: torch.Tensor, padding: tuple[int, int]) -> None:
@@ -109,6 +159,22 @@ class MeanPad(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.padding
         return F.pad(x - self.mean, (pw, pw, ph, ph)) + self.mean
+
+
+class Center(nn.Module):
+    """Subtracts a per-channel ``mean`` from an image: ``x - mean`` (a translation, 1-Lipschitz).
+
+    What :func:`robustprune.layers.fold_for_analysis` leaves in place of a Normalize that
+    feeds a padded convolution: the conv keeps its padding and takes the ``1/std`` scaling,
+    so that ``conv(center(x))`` is the original map exactly and its linear part is the
+    zero-padded convolution at the model's input shape."""
+
+    def __init__(self, mean: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean
 
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, LowRankLinear)

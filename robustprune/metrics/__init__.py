@@ -15,24 +15,31 @@ power iterations through convolutions run in the layer's own dtype.
 - :mod:`~robustprune.metrics.norms`: row norms, singular values, operator norms, adjoints;
 - :mod:`~robustprune.metrics._lanczos`: the Lanczos-accelerated power iteration;
 - :mod:`~robustprune.metrics.alignment`: alignment of consecutive layers;
-- :mod:`~robustprune.metrics.bounds`: Lipschitz and gap bounds, certified fraction;
+- :mod:`~robustprune.metrics.bounds`: Lipschitz and gap bounds (the gap bound's factor
+  follows the head's loss: binary logistic or softmax cross-entropy), certified fraction;
 - :mod:`~robustprune.metrics.audit`: the dominant-direction audit.
 """
 
 from __future__ import annotations
 
 from robustprune.metrics._checks import Norm as Norm
+from robustprune.metrics._checks import check_budget as check_budget
+from robustprune.metrics._checks import check_count as check_count
 from robustprune.metrics._checks import check_eps as check_eps
 from robustprune.metrics._checks import check_norm as check_norm
+from robustprune.metrics._checks import check_real as check_real
 from robustprune.metrics._lanczos import ALIGNMENT_TOL as ALIGNMENT_TOL
 from robustprune.metrics._lanczos import POWER_TOL as POWER_TOL
 from robustprune.metrics.alignment import alignment as alignment
 from robustprune.metrics.audit import AuditResult as AuditResult
 from robustprune.metrics.audit import dominant_direction_audit as dominant_direction_audit
 from robustprune.metrics.audit import top_input_direction as top_input_direction
+from robustprune.metrics.bounds import HEAD_LOSSES as HEAD_LOSSES
 from robustprune.metrics.bounds import aligned_lipschitz_bound as aligned_lipschitz_bound
 from robustprune.metrics.bounds import certified_fraction as certified_fraction
 from robustprune.metrics.bounds import gap_bound as gap_bound
+from robustprune.metrics.bounds import gap_factor as gap_factor
+from robustprune.metrics.bounds import head_loss as head_loss
 from robustprune.metrics.bounds import logit_margins as logit_margins
 from robustprune.metrics.bounds import naive_lipschitz_bound as naive_lipschitz_bound
 from robustprune.metrics.compressibility import Compressibility as Compressibility
@@ -70,6 +77,9 @@ __all__ = [
     "naive_lipschitz_bound",
     "aligned_lipschitz_bound",
     "gap_bound",
+    "gap_factor",
+    "head_loss",
+    "HEAD_LOSSES",
     "logit_margins",
     "certified_fraction",
     "AuditResult",
@@ -77,6 +87,9 @@ __all__ = [
     "dominant_direction_audit",
     "check_eps",
     "check_norm",
+    "check_budget",
+    "check_real",
+    "check_count",
     "POWER_TOL",
     "ALIGNMENT_TOL",
 ]

@@ -4,6 +4,14 @@
 ops between the layers (a binary diagonal mask for a ReLU). Linear pairs with elementwise ops
 between are formed as matrices, exactly; pairs involving a convolution (or pooling) by the
 power iteration of :mod:`robustprune.metrics._lanczos` through the masked composite operator.
+
+Range: ``0 < A_p <= ||D||_p``, so ``A_p`` is in (0, 1] when the ops between are
+1-Lipschitz (ReLU masks, folded BatchNorm, average or non-overlapping max pooling,
+flattening). Across an overlapping max-pool the l2 norm of its Jacobian reaches
+``sqrt(overlap)`` (one input can be the max of several windows) and ``A_2`` can exceed 1; an
+unfolded BatchNorm scales by up to ``max |gamma| / sqrt(var + eps)``. The value is reported
+as it is (it enters the aligned bound with the ops included);
+:func:`robustprune.analysis.analyze` notes the pairs where it may exceed 1.
 """
 
 from __future__ import annotations
@@ -52,7 +60,9 @@ def alignment(
     mask of active units). ``mode="data"`` takes the max over the masks observed on ``data``
     (the *inputs of layer_a*, up to ``max_samples`` of them); ``mode="identity"`` uses
     ``D = I`` (the activation replaced by the identity). In (0, 1] whenever the ops between
-    are 1-Lipschitz (ReLU masks, average or non-overlapping max pooling, flattening).
+    are 1-Lipschitz (ReLU masks, average or non-overlapping max pooling, flattening); in
+    general at most their Lipschitz constant (``sqrt(overlap)`` in l2 across an overlapping
+    max-pool), see the module docstring.
 
     ``through`` maps layer_a's output to layer_b's input; default: ReLU in data mode, the
     identity in identity mode, followed by flattening when a conv feeds a Linear. In identity

@@ -3,7 +3,10 @@
 Naive bound ``prod_l ||W^l||_p`` (always valid); aligned bound: layers grouped in disjoint
 consecutive pairs, each contributing ``A_p(l) ||W^{l+1}||_p ||W^l||_p`` (an upper bound with
 the exact max over masks, an estimate with data masks); gap bound
-``delta * L_p(Phi) * ||C||_(p->p)``; certified fraction from logit margins.
+``factor * delta * L_p(Phi) * ||C||_(p->p)``, the factor set by the head's loss (1 for a
+binary logistic head, paper Corollary 3.3; 2 in l-infinity and sqrt(2) in l2 for a K-class
+softmax cross-entropy head, since ``||softmax - e_y||_1 <= 2``); certified fraction from
+logit margins.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from collections.abc import Sequence
 import torch
 
 from robustprune.errors import InvalidArgumentError
-from robustprune.metrics._checks import check_budget
+from robustprune.metrics._checks import check_budget, check_norm
 
 __all__ = [
     "naive_lipschitz_bound",
     "aligned_lipschitz_bound",
     "gap_bound",
+    "gap_factor",
+    "head_loss",
+    "HEAD_LOSSES",
     "logit_margins",
     "certified_fraction",
 ]
@@ -68,9 +74,44 @@ def aligned_lipschitz_bound(
     return float(result)
 
 
-def gap_bound(delta: float, lipschitz: float, head_norm: float) -> float:
-    """Adversarial gap bound (paper, Corollary 3.3): ``Delta_p <= delta * L_p(Phi) * ||C||_(p->p)``."""
-    return check_budget(delta) * float(lipschitz) * float(head_norm)
+#: the heads whose gap bound is known: what each one's bound says
+HEAD_LOSSES: dict[str, str] = {
+    "logistic": "binary logistic head (one output): Delta_p <= delta L ||c||_q (Corollary 3.3)",
+    "softmax": (
+        "K-class softmax cross-entropy head: Delta_inf <= 2 delta L ||C||_(inf->inf), "
+        "Delta_2 <= sqrt(2) delta L ||C||_2 (||softmax - e_y||_1 <= 2)"
+    ),
+}
+
+
+def head_loss(num_outputs: int) -> str:
+    """The loss a head of ``num_outputs`` logits is trained with: ``"logistic"`` for one
+    output (binary logistic regression), ``"softmax"`` (cross-entropy) for two or more."""
+    return "logistic" if int(num_outputs) == 1 else "softmax"
+
+
+def gap_factor(head: str, p: str | float = "2") -> float:
+    """The factor of the gap bound for the head's loss and norm ``p``: 1 for a binary
+    logistic head; for a softmax cross-entropy head ``||softmax - e_y||_1 <= 2`` gives 2 in
+    l-infinity (Hoelder with the l1 norm) and ``sqrt(2)`` in l2 (``||softmax - e_y||_2 <= sqrt(2)``)."""
+    if head not in HEAD_LOSSES:
+        raise InvalidArgumentError(f"head must be one of {sorted(HEAD_LOSSES)}, got {head!r}.", argument="head")
+    if head == "logistic":
+        return 1.0
+    return 2.0 if check_norm(p) == "inf" else math.sqrt(2.0)
+
+
+def gap_bound(
+    delta: float, lipschitz: float, head_norm: float, *, head: str = "logistic", p: str | float = "2"
+) -> float:
+    """Adversarial gap bound ``Delta_p <= factor * delta * L_p(Phi) * ||C||_(p->p)``.
+
+    ``head="logistic"`` (the default): the paper's Corollary 3.3 for a binary logistic head
+    ``c`` (factor 1, ``||c||_(p->p)`` is the dual norm ``||c||_q``). ``head="softmax"``: a
+    K-class softmax cross-entropy head ``C``, whose loss gradient ``softmax - e_y`` has
+    ``||.||_1 <= 2``: factor 2 for ``p="inf"``, ``sqrt(2)`` for ``p="2"``
+    (:func:`gap_factor`; use :func:`head_loss` to pick ``head`` from the number of logits)."""
+    return gap_factor(head, p) * check_budget(delta) * float(lipschitz) * float(head_norm)
 
 
 def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -105,7 +146,8 @@ def certified_fraction(
     margins = logit_margins(logits, labels)
     if margins.numel() == 0:
         raise InvalidArgumentError("certified_fraction needs at least one sample.")
-    threshold = 2.0 * gap_bound(delta, lipschitz, head_norm)
+    # each logit moves by at most delta L ||C||, so a margin changes by at most twice that
+    threshold = 2.0 * check_budget(delta) * float(lipschitz) * float(head_norm)
     return float((margins > threshold).double().mean())
 
 
