@@ -11,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from badinput import expect_cli_refusal, run_cli
 
@@ -231,3 +233,41 @@ def test_under_torchrun_only_rank_0_prints_the_error(line: str, ws: dict[str, Pa
     assert code != 0 and err == "" and out == ""
     monkeypatch.setenv("RANK", "0")
     expect_cli_refusal(argv)
+
+
+def _rows() -> list[dict]:
+    """A small two-seed results.jsonl of today's format: dense, epsilon and its reference."""
+    rows = []
+    for seed in (0, 1):
+        for order, (label, kept, clean) in enumerate((("dense", 1.0, 0.9), ("epsilon", 0.5, 0.8), ("fixed", 0.5, 0.7))):
+            rows.append({
+                "id": f"seed{seed}/{label}", "variant": "", "variant_index": 0, "seed": seed, "order": order,
+                "label": label, "method": label, "setting": "-" if kept == 1.0 else "target_macs=0.5",
+                "setting_key": "dense" if kept == 1.0 else "target_macs=0.5", "macs": 1000 * kept,
+                "params": 500 * kept, "macs_kept": kept, "params_kept": kept, "pruned_macs_kept": kept,
+                "clean_accuracy": clean + 0.01 * seed, "robust_accuracy": clean / 2, "target_macs": None if kept == 1.0 else 0.5,
+                "compare_key": "dense" if kept == 1.0 else "target_macs=0.5",
+                "reference": None if label != "epsilon" else "fixed", "pruned_nothing": False,
+                "settings": {} if kept == 1.0 else {"target_macs": 0.5}, "cost": {"epochs": 1, "attack_steps": 0},
+                "eval_settings": {"eps": 0.1, "norm": "Linf", "attacks": ["apgd-ce"]},
+            })
+    return rows
+
+
+BAD_VALUES = [None, "x", [], {}, -1, True, float("nan"), float("inf"), [1, "a"], {"k": "v"}]
+FIELDS = sorted({*_rows()[1], "cost.epochs", "settings.target_macs", "eval_settings.eps", "eval_settings.attacks"})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(FIELDS), value=st.sampled_from(BAD_VALUES), which=st.integers(0, 5))
+def test_report_on_a_mangled_row_renders_or_refuses_cleanly(field: str, value: object, which: int, tmp_path: Path) -> None:
+    rows = _rows()
+    table, _, key = field.partition(".")
+    target = rows[which] if not key else rows[which].setdefault(table, {})
+    target[key or table] = value
+    d = tmp_path / f"run-{abs(hash((field, repr(value), which)))}"
+    d.mkdir()
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, _out, err = run_cli(["report", str(d)])
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert code == 0 or err.startswith("robustprune: error:"), err

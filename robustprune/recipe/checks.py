@@ -303,7 +303,7 @@ def check_number(
         ok = value < high if high_open else value <= high
     if not ok:
         raise InvalidArgumentError(
-            f"{name} must be a number{_bounds(low, high, low_open, high_open)}, got {value!r}.",
+            f"{name} must be a finite number{_bounds(low, high, low_open, high_open)}, got {value!r}.",
             argument=name,
         )
 
