@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 import torch
 from badinput import expect_cli_refusal, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from robustprune.checkpoint import save_pruned
 from robustprune.models import create_model
