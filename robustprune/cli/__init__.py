@@ -11,30 +11,41 @@ Subcommands::
 
 Exit codes: 0 success, 1 a robustprune error (one line on stderr; ``--debug`` shows the
 traceback), 2 a usage error (bad arguments). ``python -m robustprune.cli`` runs the same.
-The package: ``parser`` (the command line), ``commands`` (one function per subcommand).
+Under ``torchrun`` only rank 0 prints a robustprune error; the other ranks exit 1 silently.
+The package: ``parser`` (the command line), ``arguments`` (the types of its numeric
+options), ``commands`` (one function per subcommand).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
 
 import torch
 
+from robustprune.cli.commands import launcher_rank
 from robustprune.cli.parser import build_parser
 from robustprune.errors import RobustPruneError
+from robustprune.recipe.preflight import NETWORK_ERRORS
 
 __all__ = ["main", "build_parser"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns 0 on success, 1 on a robustprune error, 2 on a usage error."""
+    """Entry point; returns 0 on success, 1 on a robustprune error, 2 on a usage error.
+
+    Under ``torchrun`` only rank 0 prints usage and robustprune errors (every rank meets the
+    same one); the other ranks exit with the same code silently. An internal error (a bug)
+    is printed by every rank that meets it, tagged with the rank."""
     parser = build_parser()
+    rank = launcher_rank()
     try:
-        args = parser.parse_args(argv)
+        with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
+            args = parser.parse_args(argv)
     except SystemExit as exc:  # --help / --version (0) and usage errors (2)
         return int(exc.code) if isinstance(exc.code, int) else 2
     _configure_logging(args.debug)
@@ -48,7 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RobustPruneError as exc:
         if args.debug:
             raise
-        print(f"robustprune: error: {_one_line(exc)}", file=sys.stderr)
+        _error(_one_line(exc), rank)
+        return 1
+    except NETWORK_ERRORS as exc:  # a download outside the data loaders (e.g. pretrained weights)
+        if args.debug:
+            raise
+        _error(f"a download failed ({_one_line(exc)}); check the network connection, or place the "
+               "files where robustprune looks for them.", rank)
         return 1
     except KeyboardInterrupt:
         print("robustprune: interrupted", file=sys.stderr)
@@ -56,12 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
         if args.debug:
             raise
+        where = f" (rank {rank})" if rank else ""
         print(
-            f"robustprune: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"robustprune: internal error{where}: {type(exc).__name__}: {_one_line(exc)} "
             "(rerun with --debug for the traceback and please report it)",
             file=sys.stderr,
         )
         return 1
+
+
+def _error(text: str, rank: int) -> None:
+    if rank == 0:
+        print(f"robustprune: error: {text}", file=sys.stderr)
 
 
 def _configure_logging(debug: bool) -> None:
@@ -71,7 +94,7 @@ def _configure_logging(debug: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: rank 0 tells the story
+    if launcher_rank():  # torchrun: rank 0 tells the story
         root.setLevel(logging.WARNING)
     # AutoAttack's sanity checks warn once per attacked batch; say each distinct thing once
     aa = logging.getLogger("auto-attack")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,16 +17,26 @@ from robustprune import distributed
 from robustprune._inputs import resolve_example_inputs
 from robustprune.analysis import analyze
 from robustprune.checkpoint import load_pruned, save_pruned
-from robustprune.data import create_loaders, dataset_info, list_datasets
+from robustprune.data import Loaders, create_loaders, dataset_info, list_datasets
 from robustprune.errors import InvalidArgumentError, RecipeError
-from robustprune.models import create_model, list_models
+from robustprune.models import list_models
 from robustprune.pruners import PRUNERS, prune
-from robustprune.recipe import describe_plan, load_recipe, parse_override, run_recipe
-from robustprune.recipe.checks import method_settings
+from robustprune.recipe import check_run, describe_plan, load_recipe, parse_override, run_recipe
+from robustprune.recipe.checks import check_budget, method_settings
 from robustprune.recipe.measure import evaluate
+from robustprune.recipe.preflight import data_errors, data_mismatch, model_for_data
+from robustprune.recipe.rundir import output_problem
 from robustprune.report import render_report
 
-__all__ = ["cmd_list", "cmd_run", "cmd_analyze", "cmd_prune", "cmd_eval", "cmd_report"]
+__all__ = ["cmd_list", "cmd_run", "cmd_analyze", "cmd_prune", "cmd_eval", "cmd_report", "launcher_rank"]
+
+
+def launcher_rank() -> int:
+    """This process's rank under ``torchrun`` (its ``RANK``), 0 outside it."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -38,9 +49,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """``robustprune run RECIPE``: the summary of the run (or, with --dry-run, the plan)."""
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.dry_run:
-        print(recipe.to_toml())
-        print(describe_plan(recipe))
+    if args.dry_run:  # the checks of a real run, writing and downloading nothing
+        out = check_run(recipe, run_dir=args.run_dir, resume=args.resume, device=args.device)
+        if launcher_rank() == 0:
+            print(recipe.to_toml())
+            print(describe_plan(recipe))
+            print(f"A run would write {out}/", file=sys.stderr)
         return 0
     result = run_recipe(
         recipe,
@@ -58,18 +72,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """``robustprune analyze``: the analysis report of a checkpoint or a registered model."""
     if args.checkpoint:
+        if args.model_option:
+            raise InvalidArgumentError("--model-option applies to --model; a checkpoint records its own architecture.")
         model, meta = _load_checkpoint(args.checkpoint)
-        data_name, data_opts = _data_choice(args, meta)
     else:
-        data_name, data_opts = _data_choice(args, {})
-        info = dataset_info(data_name, **data_opts)
-        model = create_model(
-            args.model, num_classes=info.num_classes, input_shape=info.input_shape,
-            mean=info.mean, std=info.std, **_options(args.model_option, "--model-option"),
-        )
+        meta = {}
+        data_name, data_opts = _data_choice(args, meta)
+        with data_errors(data_name, data_opts.get("root"), data_opts):
+            info = dataset_info(data_name, **data_opts)
+        model = model_for_data(args.model, info, _options(args.model_option, "--model-option"))
     batch = None
-    if args.n_examples and args.n_examples > 0:
-        batch = _test_batch(data_name, data_opts, args.n_examples)
+    if args.n_examples > 0:
+        batch = _test_batch(_open_data(args, meta, min(args.n_examples, 256), model), args.n_examples)
     report = analyze(
         model.eval(),
         example_inputs=resolve_example_inputs(model, data_example=batch[0] if batch else None),
@@ -86,6 +100,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """``robustprune prune``: prune a checkpoint and save the smaller model."""
+    problem = output_problem(args.out, directory=False)
+    if problem:
+        raise InvalidArgumentError(f"--out {args.out}: cannot write the pruned checkpoint there: {problem}.")
+    _check_finetune_flags(args)
     model, meta = _load_checkpoint(args.checkpoint)
     kwargs: dict[str, Any] = {"method": args.method}
     if args.eps is not None:
@@ -108,11 +126,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             report = prune(model, **kwargs)  # example inputs inferred from the checkpoint's model
         fit_dict = None
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     new_meta = {**meta, "pruned_from": str(args.checkpoint), "prune_report": report.to_dict()}
     if fit_dict is not None:
         new_meta["fit"] = fit_dict
-    save_pruned(model, out, meta=new_meta)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_pruned(model, out, meta=new_meta)
+    except OSError as exc:  # e.g. the disk filled up; the checks above found the path writable
+        raise InvalidArgumentError(f"--out {out}: cannot write the pruned checkpoint ({exc.strerror or exc}).") from exc
     _print_report(report, args.format)
     print(f"Saved {out}", file=sys.stderr)
     return 0
@@ -134,8 +155,7 @@ def _prune_and_finetune(model: Any, meta: dict[str, Any], args: argparse.Namespa
         raise InvalidArgumentError("--schedule iterative drives the pruner to a MACs target: give --target-macs.")
     if args.schedule == "iterative" and epochs < 1:
         raise InvalidArgumentError("--schedule iterative finetunes between its steps: give --finetune-epochs >= 1.")
-    data_name, data_opts = _data_choice(args, meta)
-    loaders = create_loaders(data_name, batch_size=args.batch_size, **data_opts)
+    loaders = _open_data(args, meta, args.batch_size, model)
     distill = None if args.distill is None else DistillConfig(teacher=copy.deepcopy(model), weight=args.distill)
     pruning = None
     if args.schedule == "iterative":
@@ -175,9 +195,10 @@ class _Report:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``robustprune eval``: clean and robust accuracy, MACs, params and latency."""
+    if args.eps is not None:
+        check_budget("--eps", args.eps, args.norm)
     model, meta = _load_checkpoint(args.checkpoint)
-    data_name, data_opts = _data_choice(args, meta)
-    loaders = create_loaders(data_name, batch_size=args.batch_size, **data_opts)
+    loaders = _open_data(args, meta, args.batch_size, model)
     attacks: Any = args.attacks[0] if args.attacks == ["standard"] else tuple(args.attacks)
     result = evaluate(
         model,
@@ -230,7 +251,21 @@ def _options(items: Sequence[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def _check_finetune_flags(args: argparse.Namespace) -> None:
+    """``prune``'s finetune options are refused where they would be ignored."""
+    finetuning = args.schedule == "iterative" or args.finetune_epochs > 0
+    unused = [flag for flag, given in (("--adv-eps", args.adv_eps is not None), ("--distill", args.distill is not None),
+                                       ("--data", bool(args.data)), ("--data-option", bool(args.data_option)))
+              if given and not finetuning]
+    if unused:
+        raise InvalidArgumentError(f"{', '.join(unused)}: only used by a finetune; give --finetune-epochs >= 1.")
+    if args.restart and args.schedule != "iterative":
+        raise InvalidArgumentError("--restart restarts the learning rate after each pruning step: use it with --schedule iterative.")
+
+
 def _load_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
+    if Path(path).is_dir():
+        raise InvalidArgumentError(f"Checkpoint '{path}' is a directory; pass a checkpoint file (.pt).")
     if not Path(path).is_file():
         raise InvalidArgumentError(f"Checkpoint '{path}' does not exist.")
     model = load_pruned(path, map_location="cpu")
@@ -252,8 +287,21 @@ def _data_choice(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, d
     return "digits", opts
 
 
-def _test_batch(name: str, options: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    loaders = create_loaders(name, batch_size=min(n, 256), **options)
+def _open_data(args: argparse.Namespace, meta: dict[str, Any], batch_size: int, model: Any) -> Loaders:
+    """The loaders of ``--data`` (or the checkpoint's dataset), checked against ``model``."""
+    name, options = _data_choice(args, meta)
+    with data_errors(name, options.get("root"), options):
+        loaders = create_loaders(name, batch_size=batch_size, **options)
+    mismatch = data_mismatch(model, loaders.info)
+    if mismatch:
+        what = f"Checkpoint '{args.checkpoint}'" if getattr(args, "checkpoint", None) else f"Model '{args.model}'"
+        raise InvalidArgumentError(
+            f"{what} {mismatch}; pass the --data (and --data-option) it was trained on."
+        )
+    return loaders
+
+
+def _test_batch(loaders: Loaders, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys, total = [], [], 0
     for x, y in loaders.test:
         xs.append(x)

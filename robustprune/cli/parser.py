@@ -8,6 +8,7 @@ from typing import Any
 
 from robustprune import __version__
 from robustprune.attacks import ATTACKS, NORMS
+from robustprune.cli.arguments import budget, integer, number
 from robustprune.cli.commands import cmd_analyze, cmd_eval, cmd_list, cmd_prune, cmd_report, cmd_run
 from robustprune.pruners import PRUNERS
 from robustprune.recipe.checks import ANALYSIS_NORMS, CONV_NORMS, method_settings
@@ -86,11 +87,11 @@ def _add_analyze(sub: Any) -> None:
     p.add_argument("--data", metavar="NAME", help="dataset for the input shape and a data batch (default: the checkpoint's, else digits)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="model option for --model, e.g. widths=[16,32] (repeatable)")
-    p.add_argument("--eps", type=float, default=0.05, help="ε for the compressibility k (default 0.05)")
-    p.add_argument("--delta", type=_budget, default=None, help="attack budget δ for the gap bounds, certified fraction and audit, e.g. 0.1 or 8/255 (default: 8/255 for ℓ∞, 0.5 for ℓ2)")
+    p.add_argument("--eps", type=number(0, 1, low_open=True, high_open=True), default=0.05, help="ε for the compressibility k, in (0, 1) (default 0.05)")
+    p.add_argument("--delta", type=budget(), default=None, help="attack budget δ for the gap bounds, certified fraction and audit, e.g. 0.1 or 8/255 (default: 8/255 for ℓ∞, 0.5 for ℓ2)")
     p.add_argument("--norms", nargs="+", choices=ANALYSIS_NORMS, default=list(ANALYSIS_NORMS), help="operator norms (default: 2 inf)")
     p.add_argument("--conv-norm", choices=CONV_NORMS, default="matricized")
-    p.add_argument("--n-examples", type=int, default=256, help="test examples for data-mode alignment and the audit (0: none)")
+    p.add_argument("--n-examples", type=integer(0), default=256, help="test examples for data-mode alignment and the audit (0: none)")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     _add_threads(p)
     p.set_defaults(func=cmd_analyze)
@@ -106,11 +107,11 @@ def _add_prune(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True, metavar="IN", help="input checkpoint")
     ratio_methods = " / ".join(m for m in PRUNERS if "ratio" in method_settings(m))
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--eps", type=float, help="ε: keep per group the fewest channels whose relative residual is <= ε")
-    how.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs (solves the global ε or ratio)")
-    how.add_argument("--ratio", type=float, help=f"channel fraction to remove ({ratio_methods})")
+    how.add_argument("--eps", type=number(0, 1, low_open=True, high_open=True), help="ε: keep per group the fewest channels whose relative residual is <= ε")
+    how.add_argument("--target-macs", type=number(0, 1, low_open=True), metavar="F", help="keep this fraction of the MACs, in (0, 1] (solves the global ε or ratio)")
+    how.add_argument("--ratio", type=number(0, 1, high_open=True), help=f"channel fraction to remove, in [0, 1) ({ratio_methods})")
     p.add_argument("--method", choices=list(PRUNERS), default="epsilon")
-    p.add_argument("--round-to", type=int, default=None, help="round kept channels up to a multiple of this")
+    p.add_argument("--round-to", type=integer(1), default=None, help="round kept channels up to a multiple of this")
     p.add_argument("--out", required=True, metavar="OUT", help="output checkpoint path")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     _add_finetune(p)
@@ -128,16 +129,16 @@ def _add_finetune(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=["one-shot", "iterative"], default="one-shot",
                    help="one-shot (default) or iterative: --steps pruning steps inside the finetune, "
                    "geometric in MACs, an equal share of the epochs after each (needs --target-macs)")
-    g.add_argument("--steps", type=_positive_int, default=3, help="pruning steps of an iterative schedule (default 3)")
+    g.add_argument("--steps", type=integer(1), default=3, help="pruning steps of an iterative schedule (default 3)")
     g.add_argument("--restart", action="store_true", help="restart the learning-rate schedule after each step")
-    g.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="finetune epochs after (and, iterative, between) pruning steps (default 0)")
-    g.add_argument("--lr", type=float, default=0.01, help="finetune learning rate (default 0.01)")
+    g.add_argument("--finetune-epochs", type=integer(0), default=0, metavar="E", help="finetune epochs after (and, iterative, between) pruning steps (default 0)")
+    g.add_argument("--lr", type=number(0, low_open=True), default=0.01, help="finetune learning rate (default 0.01)")
     g.add_argument("--data", metavar="NAME", help="finetune dataset (default: the one recorded in the checkpoint)")
     g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--adv-eps", type=_budget, default=None, help="adversarial finetune budget (PGD), e.g. 0.2 or 8/255 (default: a standard finetune)")
-    g.add_argument("--adv-steps", type=int, default=5, help="PGD steps of the adversarial finetune (default 5)")
-    g.add_argument("--distill", type=float, default=None, metavar="W",
+    g.add_argument("--batch-size", type=integer(1), default=64)
+    g.add_argument("--adv-eps", type=budget(1.0), default=None, help="adversarial finetune budget (PGD, ℓ∞), in (0, 1], e.g. 0.2 or 8/255 (default: a standard finetune)")
+    g.add_argument("--adv-steps", type=integer(1), default=5, help="PGD steps of the adversarial finetune (default 5)")
+    g.add_argument("--distill", type=number(0, 1), default=None, metavar="W",
                    help="distil from the unpruned checkpoint with weight W in [0, 1] (temperature 2)")
     g.add_argument("--device", default="auto")
 
@@ -153,14 +154,14 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--data", metavar="NAME", help="dataset (default: the one recorded in the checkpoint)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
     p.add_argument("--norm", choices=NORMS, default="Linf")
-    p.add_argument("--eps", type=_budget, default=None, help="attack budget, e.g. 0.1 or 8/255 (default: clean only)")
+    p.add_argument("--eps", type=budget(), default=None, help="attack budget, e.g. 0.1 or 8/255, <= 1 under Linf (default: clean only)")
     p.add_argument("--attacks", nargs="+", default=["apgd-ce", "apgd-t"], help=f"AutoAttack attacks: {', '.join(ATTACKS)}")
-    p.add_argument("--n-examples", type=int, default=None, help="evaluate the first N test examples")
-    p.add_argument("--n-iter", type=int, default=100, help="APGD iterations (default 100)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--n-examples", type=integer(1), default=None, help="evaluate the first N test examples")
+    p.add_argument("--n-iter", type=integer(1), default=100, help="APGD iterations (default 100)")
+    p.add_argument("--batch-size", type=integer(1), default=256)
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=integer(0), default=0)
     p.add_argument("--format", choices=["text", "json"], default="text")
     _add_threads(p)
     p.set_defaults(func=cmd_eval)
@@ -185,28 +186,7 @@ def _add_list(sub: Any) -> None:
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--threads", type=_positive_int, default=None, metavar="N",
+        "--threads", type=integer(1), default=None, metavar="N",
         help="CPU threads for PyTorch (default: PyTorch's choice); small models on a busy "
         "machine run fastest with --threads 1",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
-
-
-def _budget(text: str) -> float:
-    """``0.1`` or ``8/255``."""
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number or a fraction such as 8/255") from None

@@ -70,7 +70,7 @@ from robustprune.recipe.parse import (
     variants,
 )
 from robustprune.recipe.plan import Job, describe_plan, plan_jobs
-from robustprune.recipe.runner import RunResult, run_recipe
+from robustprune.recipe.runner import RunResult, check_run, run_recipe
 from robustprune.recipe.serialize import to_toml
 from robustprune.train import FitConfig
 
@@ -101,5 +101,6 @@ __all__ = [
     "plan_jobs",
     "describe_plan",
     "run_recipe",
+    "check_run",
     "RunResult",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "check_number",
     "check_numbers",
     "check_budget",
+    "check_warmup",
 ]
 
 #: the methods of a ``[[prune]]`` entry: every pruner, and the scratch baseline
@@ -198,13 +199,7 @@ def check_prune_entries(entries: Sequence[Any], compare: Any = None, *, trained:
                 argument=f"prune[{i}].method",
             )
         for key in ("reference", "scratch"):
-            name = getattr(e, key)
-            if name is not None and name not in labels:
-                raise InvalidArgumentError(
-                    f"{key} must be the label of a [[prune]] entry; allowed values: "
-                    f"{', '.join(repr(x) for x in labels)}.",
-                    argument=f"prune[{i}].{key}",
-                )
+            _check_compared(entries, getattr(e, key), key, f"prune[{i}].{key}", "")
         if e.match is None:
             continue
         target = next((x for x in entries if x.label == e.match), None)
@@ -216,13 +211,31 @@ def check_prune_entries(entries: Sequence[Any], compare: Any = None, *, trained:
                 argument=f"prune[{i}].match",
             )
     for key in ("reference", "scratch"):
-        name = None if compare is None else getattr(compare, key)
-        if name is not None and name not in labels:
-            raise InvalidArgumentError(
-                f"[compare] {key} must be the label of a [[prune]] entry; allowed values: "
-                f"{', '.join(repr(x) for x in labels)}.",
-                argument=f"compare.{key}",
-            )
+        _check_compared(entries, None if compare is None else getattr(compare, key), key, f"compare.{key}", "[compare] ")
+
+
+def _check_compared(entries: Sequence[Any], name: str | None, key: str, argument: str, section: str) -> None:
+    """``reference``/``scratch`` name an entry (``scratch``: a ``method = "scratch"`` one)."""
+    if name is None:
+        return
+    allowed = [e.label for e in entries if key == "reference" or e.method == "scratch"]
+    if name not in allowed:
+        what = "a [[prune]] entry" if key == "reference" else 'a method = "scratch" entry'
+        raise InvalidArgumentError(
+            f"{section}{key} must be the label of {what}; allowed values: "
+            f"{', '.join(repr(x) for x in allowed) or 'none'}.",
+            argument=argument,
+        )
+
+
+def check_warmup(epochs: int, warmup_epochs: int) -> None:
+    """The learning-rate warmup lies inside the training: ``warmup_epochs <= epochs``."""
+    if warmup_epochs > epochs:
+        raise InvalidArgumentError(
+            f"warmup_epochs = {warmup_epochs} is longer than the training (epochs = {epochs}); "
+            "use warmup_epochs <= epochs.",
+            argument="warmup_epochs",
+        )
 
 
 def regularizer_options(kind: str) -> list[str] | None:
@@ -290,7 +303,7 @@ def check_number(
         ok = value < high if high_open else value <= high
     if not ok:
         raise InvalidArgumentError(
-            f"{name} must be a number{_bounds(low, high, low_open, high_open)}, got {value!r}.",
+            f"{name} must be a finite number{_bounds(low, high, low_open, high_open)}, got {value!r}.",
             argument=name,
         )
 

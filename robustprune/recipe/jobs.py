@@ -30,6 +30,7 @@ from robustprune.recipe.config import FinetuneConfig, Recipe, RegularizerSpec, T
 from robustprune.recipe.measure import analysis_report, analysis_summary, evaluation_row
 from robustprune.recipe.parse import entry_finetune
 from robustprune.recipe.plan import Job
+from robustprune.recipe.preflight import data_errors
 from robustprune.recipe.rows import (
     add_costs,
     comparison_columns,
@@ -129,9 +130,10 @@ class JobRunner:
         key = json.dumps(dataclasses.asdict(r.data), sort_keys=True, default=str)
         if key != self._data_key:
             d = r.data
-            self._datasets = create_datasets(
-                d.name, root=d.root, download=d.download, seed=0, validation=d.validation, **d.options
-            )
+            with data_errors(d.name, d.root, d.options):
+                self._datasets = create_datasets(
+                    d.name, root=d.root, download=d.download, seed=0, validation=d.validation, **d.options
+                )
             self._data_key = key
         ds, d = self._datasets, r.data
         train_loader = DataLoader(

@@ -40,6 +40,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         RecipeError: the file is missing or not TOML, a key is unknown, a value is bad.
     """
     p = Path(path)
+    if p.is_dir():
+        raise RecipeError(f"'{p}' is a directory, not a recipe file; pass a .toml file such as recipes/digits-cnn.toml.")
     if not p.is_file():
         hint = ""
         if not p.suffix:
@@ -90,6 +92,12 @@ def parse_recipe(
                 f"{where.at(f'prune[{i}]')}: prune[{i}]: method '{entry.method}' with importance "
                 f"{entry.importance or 'l2'!r} measures with an attack: give [finetune] or [train] an "
                 "adversarial = { ... } config."
+            )
+        if entry.kind == "iterative" and ft.epochs < 1:
+            raise RecipeError(
+                f"{where.at(f'prune[{i}].schedule')}: prune[{i}].schedule: an iterative schedule prunes "
+                "between finetune epochs, but the entry's finetune has epochs = 0; give [finetune] (or "
+                "the entry's finetune = { ... }) epochs >= 1."
             )
         if entry.kind == "during-training" and recipe.train is not None:
             try:

@@ -9,6 +9,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["CONFIG_FILE", "RESULTS_FILE", "RunDir", "resolve_run_dir", "slug"]
+__all__ = ["CONFIG_FILE", "RESULTS_FILE", "RunDir", "resolve_run_dir", "output_problem", "slug"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,31 +36,74 @@ _MISSING: Any = object()
 
 def resolve_run_dir(recipe: Recipe, run_dir: Any, resume: bool, ctx: distributed.DistContext) -> Path:
     """``run_dir``, or with ``resume`` the latest run of ``recipe``, or a new timestamped
-    directory; decided on the main process and shared with every rank."""
-    base = Path(recipe.output) / recipe.name
+    directory; decided on the main process and shared with every rank. Nothing is created;
+    a directory that cannot be written, or ``resume`` with nothing to resume, is a
+    :class:`~robustprune.errors.RecipeError`."""
     chosen: Path | None = None
     error: str | None = None
     if ctx.is_main:
-        if run_dir is not None:
-            chosen = Path(run_dir)
-            results = chosen / RESULTS_FILE
-            if not resume and results.is_file() and results.stat().st_size:
-                error = (
-                    f"Run directory '{chosen}' already has results; pass --resume to continue it "
-                    "or choose another directory."
-                )
-        elif resume:
-            previous = sorted(p for p in base.glob("*") if (p / CONFIG_FILE).is_file()) if base.is_dir() else []
-            if previous:
-                chosen = previous[-1]
-            else:
-                logger.warning("--resume: no previous run of '%s' under %s; starting a new one", recipe.name, base)
-        if chosen is None:
-            chosen = _new_dir(base)
+        try:
+            chosen = _choose_run_dir(recipe, run_dir, resume)
+        except RecipeError as exc:
+            error = str(exc)
     shared = distributed.all_gather_objects((str(chosen) if chosen else None, error), ctx)[0]
     if shared[1]:
         raise RecipeError(shared[1])
     return Path(shared[0])
+
+
+def output_problem(path: str | os.PathLike[str], *, directory: bool) -> str | None:
+    """Why ``path`` cannot be written as a directory (``directory=True``) or as a file, or
+    None: it exists as the other kind, a folder above it is a file, or the folder it would
+    be written in is not writable. Nothing is created."""
+    p = Path(path)
+    if p.exists():
+        if directory != p.is_dir():
+            return f"'{p}' is {'a file, not a directory' if directory else 'a directory, not a file'}"
+        folder = p if directory else p.parent
+    else:
+        folder = p.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"'{folder}' (on the way to '{p}') is a file, not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"'{folder}' is not writable"
+    return None
+
+
+def _choose_run_dir(recipe: Recipe, run_dir: Any, resume: bool) -> Path:
+    base = Path(recipe.output) / recipe.name
+    if run_dir is not None:
+        chosen = Path(run_dir)
+        problem = output_problem(chosen, directory=True)
+        if problem:
+            raise RecipeError(f"Cannot write the run directory: {problem}; pass a directory to --run-dir.")
+        if resume and not (chosen / CONFIG_FILE).is_file():
+            why = "it does not exist" if not chosen.exists() else f"it holds no {CONFIG_FILE}"
+            raise RecipeError(
+                f"--resume: nothing to resume in '{chosen}' ({why}); run without --resume to start a "
+                "new run there, or pass the directory of an earlier run."
+            )
+        results = chosen / RESULTS_FILE
+        if not resume and results.is_file() and results.stat().st_size:
+            raise RecipeError(
+                f"Run directory '{chosen}' already has results; pass --resume to continue it "
+                "or choose another directory."
+            )
+        return chosen
+    if resume:
+        previous = sorted(p for p in base.glob("*") if (p / CONFIG_FILE).is_file()) if base.is_dir() else []
+        if not previous:
+            raise RecipeError(
+                f"--resume: no earlier run of '{recipe.name}' under '{base}' to resume; run without "
+                "--resume to start one, or pass --run-dir DIR."
+            )
+        return previous[-1]
+    problem = output_problem(base, directory=True)
+    if problem:
+        raise RecipeError(f"{recipe.source or 'recipe'}: output = {json.dumps(recipe.output)}: cannot write runs there: {problem}.")
+    return _new_dir(base)
 
 
 class RunDir:
@@ -71,27 +115,33 @@ class RunDir:
         self.results = directory / RESULTS_FILE
 
     def prepare(self, recipe: Recipe, resume: bool) -> None:
-        """Check a resumed run's ``config.toml`` against ``recipe``; create the directory,
-        write ``config.toml`` and drop a row cut short by a killed run."""
-        config = self.dir / CONFIG_FILE
-        if config.is_file() and resume:
-            try:
-                stored = tomllib.loads(config.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as exc:
-                raise RecipeError(f"{config} is not valid TOML ({exc}); cannot resume this run.") from exc
-            diff = _dict_diff(stored, tomllib.loads(recipe.to_toml()))
-            if diff:
-                raise RecipeError(
-                    f"Cannot resume {self.dir}: the recipe differs from its {CONFIG_FILE} in "
-                    f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Resume with the "
-                    "same recipe and --set values, or start a new run without --resume."
-                )
+        """:meth:`check` the directory, then create it, write ``config.toml`` and drop a
+        row cut short by a killed run."""
+        self.check(recipe, resume)
         if not self.writer:
             return
+        config = self.dir / CONFIG_FILE
         self.dir.mkdir(parents=True, exist_ok=True)
         if not config.is_file():
             atomic_write(config, recipe.to_toml())
         self._repair()
+
+    def check(self, recipe: Recipe, resume: bool) -> None:
+        """A resumed run's ``config.toml`` equals ``recipe`` (writes nothing)."""
+        config = self.dir / CONFIG_FILE
+        if not (config.is_file() and resume):
+            return
+        try:
+            stored = tomllib.loads(config.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{config} is not valid TOML ({exc}); cannot resume this run.") from exc
+        diff = _dict_diff(stored, tomllib.loads(recipe.to_toml()))
+        if diff:
+            raise RecipeError(
+                f"Cannot resume {self.dir}: the recipe differs from its {CONFIG_FILE} in "
+                f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Resume with the "
+                "same recipe and --set values, or start a new run without --resume."
+            )
 
     def read_rows(self) -> list[dict[str, Any]]:
         """The rows of ``results.jsonl`` so far."""

@@ -18,7 +18,7 @@ from robustprune.recipe.plan import plan_jobs
 from robustprune.recipe.preflight import preflight
 from robustprune.recipe.rundir import RunDir, resolve_run_dir
 
-__all__ = ["RunResult", "run_recipe"]
+__all__ = ["RunResult", "run_recipe", "check_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def run_recipe(
     ctx = distributed.setup(dev)
     jobs = plan_jobs(recipe)
     by_name = dict(variants(recipe))
-    preflight(by_name.values())
+    preflight(by_name.values())  # every check before the first file is written
     out = resolve_run_dir(recipe, run_dir, resume, ctx)
     state = RunDir(out, ctx.is_main)
     state.prepare(recipe, resume)
@@ -104,6 +104,25 @@ def run_recipe(
     summary = state.render()
     logger.info("finished %d models in %.1f s", finished, time.perf_counter() - started)
     return RunResult(out, rows, summary, ctx.is_main)
+
+
+def check_run(
+    recipe: Recipe,
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    device: str = "auto",
+) -> Path:
+    """Every check :func:`run_recipe` makes before it writes a file (the device, the plan,
+    :func:`~robustprune.recipe.preflight.preflight`: data, model options, checkpoint; the run
+    directory and, with ``resume``, its ``config.toml``), writing and downloading nothing:
+    what ``robustprune run --dry-run`` runs. Returns the directory a run would write."""
+    distributed.resolve_device(device)
+    plan_jobs(recipe)
+    preflight(dict(variants(recipe)).values(), fetch=False)
+    out = resolve_run_dir(recipe, run_dir, resume, distributed.DistContext())
+    RunDir(out, False).check(recipe, resume)
+    return out
 
 
 def _row_line(row: dict[str, Any]) -> str:

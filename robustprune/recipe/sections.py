@@ -23,6 +23,7 @@ from robustprune.recipe.checks import (
     check_choices,
     check_int,
     check_number,
+    check_warmup,
     dataset_options,
     regularizer_options,
 )
@@ -150,6 +151,7 @@ class FinetuneConfig(FitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_warmup(self.epochs, self.warmup_epochs)
         if self.adversarial is not None:
             check_budget("adversarial.eps", self.adversarial.eps, self.adversarial.norm)
 
@@ -164,6 +166,7 @@ class TrainConfig(FitConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("epochs", self.epochs, 1)
+        check_warmup(self.epochs, self.warmup_epochs)
         if self.adversarial is not None:
             check_budget("adversarial.eps", self.adversarial.eps, self.adversarial.norm)
 

@@ -29,6 +29,13 @@ def render_report(run_dir: str | os.PathLike[str]) -> str:
         raise RecipeError(f"'{d / RESULTS_FILE}' has no rows yet; nothing to report.")
     title = f"{d.parent.name} ({d.name})" if d.parent.name else d.name
     text = summary_markdown(rows, title=title)
-    atomic_write(d / SUMMARY_FILE, text)
-    plot_pareto(rows, d / PARETO_FILE, title=title)
+    try:
+        atomic_write(d / SUMMARY_FILE, text)
+        plot_pareto(rows, d / PARETO_FILE, title=title)
+    except OSError as exc:  # a read-only run directory, a folder named summary.md, a full disk
+        raise RecipeError(
+            f"Cannot write the report into '{d}' ({exc.strerror or exc}: {exc.filename or d}); "
+            "check that the run directory is writable and holds no folder named "
+            f"{SUMMARY_FILE} or {PARETO_FILE}."
+        ) from exc
     return text

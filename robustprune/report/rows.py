@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "RESULTS_FILE",
     "Row",
     "read_results",
+    "check_row",
     "ordered",
     "group_key",
     "is_dense",
@@ -59,9 +61,11 @@ Row = dict[str, Any]
 
 
 def read_results(path: str | os.PathLike[str]) -> list[Row]:
-    """The rows of a ``results.jsonl`` (a run directory or the file itself).
+    """The rows of a ``results.jsonl`` (a run directory or the file itself), each checked
+    with :func:`check_row`.
 
-    A last line cut short by a killed run is skipped with a warning."""
+    A last line cut short by a killed run is skipped with a warning; any other line that is
+    not a valid row is a :class:`~robustprune.errors.RecipeError` naming the file and line."""
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_FILE
@@ -70,19 +74,115 @@ def read_results(path: str | os.PathLike[str]) -> list[Row]:
             f"No results file at '{p}'. Pass a run directory written by `robustprune run` "
             "(runs/<name>/<timestamp>)."
         )
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{p}: not a results file (not UTF-8 text: {exc}).") from None
+    except OSError as exc:
+        raise RecipeError(f"Cannot read '{p}': {exc.strerror or exc}.") from None
     rows = []
-    lines = p.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             if i == len(lines) - 1:
                 logger.warning("%s: skipping an incomplete last line (an interrupted write)", p)
                 continue
             raise RecipeError(f"{p}, line {i + 1}: not valid JSON ({exc}).") from exc
+        rows.append(check_row(row, f"{p}, line {i + 1}"))
     return rows
+
+
+#: the fields of a row the report reads: (field, kinds, required); kinds name JSON types
+#: ("int", "number": finite, "str", "bool", "table", "null")
+_FIELDS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("label", ("str",), True),
+    ("setting", ("str",), True),
+    ("seed", ("int",), True),
+    ("macs", ("number",), True),
+    ("params", ("number",), True),
+    ("macs_kept", ("number",), True),
+    ("clean_accuracy", ("number",), True),
+    ("robust_accuracy", ("number", "null"), False),
+    ("id", ("str",), False),
+    ("variant", ("str",), False),
+    ("method", ("str",), False),
+    ("order", ("int",), False),
+    ("variant_index", ("int",), False),
+    ("setting_key", ("str",), False),
+    ("params_kept", ("number",), False),
+    ("pruned_macs_kept", ("number", "null"), False),
+    ("robust_clean_accuracy", ("number", "null"), False),
+    ("robust_over_clean", ("number", "null"), False),
+    ("target_macs", ("number", "null"), False),
+    ("compare_key", ("str", "null"), False),
+    ("reference", ("str", "null"), False),
+    ("scratch", ("str", "null"), False),
+    ("matched_to", ("str", "null"), False),
+    ("pruned_nothing", ("bool",), False),
+    ("settings", ("table", "null"), False),
+    ("cost", ("table", "null"), False),
+    ("eval_settings", ("table", "null"), False),
+    ("analysis", ("table", "null"), False),
+)
+#: the tables among them whose values the report reads as numbers (or null)
+_NUMBER_TABLES = ("settings", "cost", "analysis")
+
+
+def check_row(row: object, where: str) -> Row:
+    """``row`` if it is a results row the report can read (a JSON object whose fields have
+    the types :data:`_FIELDS` lists, numbers finite), else a
+    :class:`~robustprune.errors.RecipeError` naming ``where`` and the field."""
+    if not isinstance(row, dict):
+        raise RecipeError(f"{where}: a row must be a JSON object, got {_kind(row)}; is this a results.jsonl?")
+    for name, kinds, required in _FIELDS:
+        if name not in row:
+            if required:
+                raise RecipeError(f"{where}: the row has no '{name}' field; is this a results.jsonl?")
+            continue
+        _expect(row[name], kinds, name, where)
+    for name in _NUMBER_TABLES:
+        for key, value in (row.get(name) or {}).items():
+            _expect(value, ("number", "null"), f"{name}.{key}", where)
+    ev = row.get("eval_settings") or {}
+    if "eps" in ev:
+        _expect(ev["eps"], ("number", "null"), "eval_settings.eps", where)
+    if not all(isinstance(a, str) for a in _as_list(ev.get("attacks", []))):
+        _expect(ev["attacks"], ("array of str",), "eval_settings.attacks", where)
+    return row
+
+
+def _expect(value: object, kinds: tuple[str, ...], name: str, where: str) -> None:
+    kind = _kind(value)
+    if kind in kinds or (kind == "int" and "number" in kinds):
+        return
+    shown = json.dumps(value, default=str)
+    raise RecipeError(
+        f"{where}: field '{name}' must be {' or '.join(k if k != 'number' else 'a finite number' for k in kinds)}, "
+        f"got {shown[:60]}{'...' if len(shown) > 60 else ''}."
+    )
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else [None]
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "number" if math.isfinite(value) else "a non-finite number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, dict):
+        return "table"
+    return "array" if isinstance(value, list) else type(value).__name__
 
 
 def ordered(rows: Iterable[Row]) -> list[Row]:
