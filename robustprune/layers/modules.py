@@ -63,7 +63,7 @@ class Normalize(nn.Module):
                 f"Normalize needs mean and std of the same length (one per channel), "
                 f"got {len(mean_t)} and {len(std_t)}."
             )
-        if torch.any(std_t <= 0):
+        if not std_t.is_meta and torch.any(std_t <= 0):
             raise InvalidArgumentError(f"Normalize needs a positive std, got {std_t.tolist()}.", argument="std")
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
         self.register_buffer("std", std_t.view(1, -1, 1, 1))

@@ -157,9 +157,16 @@ def restore_last_good(path: Path | None, net: nn.Module, device: torch.device) -
     (None, and ``net`` untouched, when there is no checkpoint)."""
     if path is None or not path.exists():
         return None
-    saved = torch.load(path, map_location=device, weights_only=True)
-    net.load_state_dict(saved["model"])
-    return int(saved["epoch"])
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        state, epoch = saved["model"], int(saved["epoch"])
+    except Exception as exc:  # a corrupt or crafted file: weights_only never runs its code
+        raise InvalidArgumentError(
+            f"{path} is not a checkpoint written by fit ({type(exc).__name__}: {exc}); remove it "
+            "or use another checkpoint_dir.", argument="checkpoint_dir") from exc
+    _check_tensors(state, net.state_dict(), "model", strict=True)
+    net.load_state_dict(state)
+    return epoch
 
 
 def _misfit(what: str, detail: str) -> InvalidArgumentError:
