@@ -131,6 +131,24 @@ def test_a_resumed_run_skips_finished_jobs_and_gives_the_same_rows(run, tmp_path
     assert json.dumps(again.rows[-1], sort_keys=True) == json.dumps(run.rows[-1], sort_keys=True)
 
 
+def test_a_resumed_run_builds_a_scratch_baseline_whose_match_finished_earlier(run, tmp_path):
+    """The matched model was finished by the first process; the resumed one finds its widths."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy)
+    kept = [r for r in run.rows if r["label"] != "scratch"]
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    for path in (copy / "checkpoints").rglob("scratch*"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    again = run_recipe(load_recipe(copy / "config.toml"), run_dir=copy, resume=True, progress=False)
+    want = {r["id"]: r for r in run.rows if r["label"] == "scratch"}
+    got = {r["id"]: r for r in again.rows if r["label"] == "scratch"}
+    assert set(got) == set(want)
+    for key, row in want.items():
+        assert got[key]["macs"] == row["macs"] and got[key]["robust_accuracy"] == row["robust_accuracy"]
+
+
 @pytest.mark.parametrize(
     "patch, match",
     [

@@ -62,6 +62,12 @@ class JobRunner:
         self._dense_key: tuple[int, int] | None = None
         self._dense: Any = None
 
+    def skip(self, job: Job, row: dict[str, Any]) -> None:
+        """Record a job finished by an earlier (resumed) run: later jobs that match it or
+        compare with it find its row and its checkpoint."""
+        self.jobs[job.id] = job
+        self.rows[job.id] = row
+
     def run_job(self, job: Job) -> dict[str, Any]:
         """Build, measure and describe one model: its results row."""
         self.jobs[job.id] = job

@@ -88,7 +88,7 @@ def run_recipe(
     finished = 0
     for i, job in enumerate(jobs):
         if job.id in done:
-            runner.rows[job.id] = done[job.id]
+            runner.skip(job, done[job.id])
             continue
         t0 = time.perf_counter()
         row = runner.run_job(job)
