@@ -111,8 +111,8 @@ def _add_analyze(sub: Any) -> None:
 def _add_prune(sub: Any) -> None:
     p = sub.add_parser(
         "prune",
-        help="prune a checkpoint structurally and save the smaller model",
-        description="Load a checkpoint, prune it (ε-targeted by default) and save the pruned "
+        help="prune a checkpoint (or --model) structurally and save the smaller model",
+        description="Load a checkpoint (or build --model, with --weights), prune it (ε-targeted by default) and save the pruned "
         "model; prints the per-group pruning report.",
     )
     add_model_source(p)
