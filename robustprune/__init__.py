@@ -14,6 +14,9 @@ from robustprune.checkpoint import load_pruned as load_pruned
 from robustprune.checkpoint import save_pruned as save_pruned
 from robustprune.errors import RobustPruneError as RobustPruneError
 from robustprune.evaluation import evaluate as evaluate
+from robustprune.export import export as export
+from robustprune.models import create_model as create_model
+from robustprune.models import load_weights as load_weights
 from robustprune.pruners import EpsilonPruner as EpsilonPruner
 from robustprune.pruners import FixedRatioPruner as FixedRatioPruner
 from robustprune.pruners import GlobalMagnitudePruner as GlobalMagnitudePruner
@@ -33,6 +36,9 @@ __all__ = [
     "BetaDispersion",
     "Alignment",
     "evaluate",
+    "export",
+    "create_model",
+    "load_weights",
     "save_pruned",
     "load_pruned",
     "RobustPruneError",

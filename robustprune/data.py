@@ -44,13 +44,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Static facts about a dataset: input shape ``(C, H, W)``, classes, channel statistics."""
+    """Static facts about a dataset: input shape ``(C, H, W)``, classes, channel statistics,
+    and ``eps``, the dataset's usual ℓ∞ attack budget (digits 0.2, MNIST 0.3, CIFAR/SVHN and
+    synthetic 8/255): the default δ of ``robustprune analyze``."""
 
     name: str
     input_shape: tuple[int, int, int]
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    eps: float = 8 / 255
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,7 @@ def _digits(
     mean = float(train_x.mean())
     std = float(train_x.std())
     side = size or 8
-    info = DatasetInfo("digits", (1, side, side), 10, (mean,), (std,))
+    info = DatasetInfo("digits", (1, side, side), 10, (mean,), (std,), eps=0.2)
     return Datasets(
         TensorDataset(train_x, labels[torch.as_tensor(idx_train)]),
         TensorDataset(images[torch.as_tensor(idx_test)], labels[torch.as_tensor(idx_test)]),
@@ -340,7 +343,7 @@ _STATIC_INFO: dict[str, DatasetInfo] = {
         "cifar100", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
     ),
     "svhn": DatasetInfo("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,), eps=0.3),
 }
 
 

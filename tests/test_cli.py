@@ -175,7 +175,7 @@ def test_usage_errors_exit_2_and_help_exits_0(capsys: pytest.CaptureFixture[str]
 def test_every_subcommand_has_a_description() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"run", "analyze", "prune", "eval", "report", "list"}
+    assert set(sub.choices) == {"run", "analyze", "prune", "eval", "export", "report", "list"}
     for name, p in sub.choices.items():
         assert p.description, name
 

@@ -111,7 +111,7 @@ def test_unknown_key_error_names_the_key_the_file_and_the_allowed_keys(
 
 BAD_VALUES = [
     # (override, key named in the message, text the message must contain)
-    ("train.epochs=0", "train.epochs", "integer >= 1"),
+    ("train.epochs=-1", "train.epochs", "integer >= 0"),  # 0 needs model.weights (preflight)
     ("train.epochs=1.5", "train.epochs", "integer"),
     ("train.lr=-1", "train.lr", "> 0"),
     ("train.optimizer=sgdd", "train.optimizer", "'sgd'"),

@@ -43,6 +43,7 @@ from robustprune.analysis._pairs import (
     pair_alignments,
 )
 from robustprune.analysis.report import LayerRow, Report
+from robustprune.distributed import resolve_device
 from robustprune.errors import RobustPruneError
 from robustprune.layers import (
     classifier_head,
@@ -81,6 +82,7 @@ def analyze(
     max_samples: int = 256,
     alignment_samples: int | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> Report:
     """Measure compressibility, dispersion, norms and alignment of every prunable layer, the
     network's Lipschitz and gap bounds, and (with labelled data) the dominant-direction audit
@@ -116,6 +118,9 @@ def analyze(
             of forward and adjoint convolutions per power-iteration step (about 10 s per
             32 samples per ResNet-18 pair on one CPU core; raise it on a GPU).
         progress: show a progress bar over layers.
+        device: where to measure (``"cpu"``, ``"cuda"``, ``"auto"``: CUDA when available);
+            default the model's own. Another device than the model's measures a copy
+            there (the model stays where it is).
 
     Raises:
         RobustPruneError: (an ``InvalidArgumentError`` or ``ModelNotSupportedError``) for
@@ -125,6 +130,7 @@ def analyze(
             model without prunable layers, with non-finite weights or on the meta device.
     """
     s = check_settings(eps, norms, conv_norm, delta, max_samples, alignment_samples, progress)
+    model = _on_device(model, device)
     x, y, example = _inputs(model, example_inputs, data, s.max_samples)
     notes: list[str] = []
     folded = _folded(model, example, notes)
@@ -183,6 +189,18 @@ def _inputs(
         if y is not None:
             check_labels(y, logits)
     return x, y, example
+
+
+def _on_device(model: nn.Module, device: str | torch.device | None) -> nn.Module:
+    """``model``, or a copy of it on ``device`` when that is another device."""
+    if device is None:
+        return model
+    check_model(model)
+    target = resolve_device(device)
+    ref = next(model.parameters())
+    if ref.device == target or (ref.device.type == target.type == "cpu"):
+        return model
+    return copy.deepcopy(model).to(target)
 
 
 def _folded(model: nn.Module, example: torch.Tensor, notes: list[str]) -> nn.Module:

@@ -232,12 +232,15 @@ def p_label(p: str) -> str:
 
 
 def fmt(value: float | None) -> str:
-    """A number as tables print it (4 significant digits, ``—`` when missing)."""
+    """A number as tables print it: 4 significant digits, large and small ones in short
+    scientific notation (``5.117e7``, ``2.5e-5``, never ``51166864.902``), ``—`` when
+    missing."""
     if value is None:
         return "—"
-    if value == 0 or 1e-3 <= abs(value) < 1e4:
+    if value == 0 or not math.isfinite(value) or 1e-3 <= abs(value) < 1e4:
         return f"{value:.4g}"
-    return f"{value:.3e}"
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _settings_line(r: Report) -> str:

@@ -2,10 +2,11 @@
 
 Subcommands::
 
-    robustprune run RECIPE [--set KEY=VALUE ...] [--resume] [--device DEV]
-    robustprune analyze (--model NAME | --checkpoint PATH) [--data NAME]
-    robustprune prune --checkpoint IN (--eps E | --target-macs F | --ratio R) --out OUT
-    robustprune eval --checkpoint PATH [--data NAME] [--eps E]
+    robustprune run RECIPE [--set KEY=VALUE ...] [--resume] [--device DEV] [--weights PATH]
+    robustprune analyze (--model NAME | --checkpoint PATH) [--data NAME] [--input-shape C,H,W]
+    robustprune prune (--checkpoint IN | --model NAME [--weights W]) (--eps E | --target-macs F | --ratio R) --out OUT
+    robustprune eval (--checkpoint PATH | --model NAME [--weights W]) [--data NAME] [--eps E]
+    robustprune export (CHECKPOINT | --model NAME [--weights W]) [--format onnx|torchscript|exported-program]
     robustprune report RUN_DIR
     robustprune list models|datasets
 
@@ -13,7 +14,8 @@ Exit codes: 0 success, 1 a robustprune error (one line on stderr; ``--debug`` sh
 traceback), 2 a usage error (bad arguments). ``python -m robustprune.cli`` runs the same.
 Under ``torchrun`` only rank 0 prints a robustprune error; the other ranks exit 1 silently.
 The package: ``parser`` (the command line), ``arguments`` (the types of its numeric
-options), ``commands`` (one function per subcommand).
+options), ``model_source`` (``--checkpoint`` / ``--model`` and its options), ``commands``
+(one function per subcommand).
 """
 
 from __future__ import annotations

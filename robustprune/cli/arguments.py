@@ -11,7 +11,7 @@ from collections.abc import Callable
 from robustprune.errors import InvalidArgumentError
 from robustprune.recipe.checks import check_int, check_number
 
-__all__ = ["integer", "number", "budget"]
+__all__ = ["integer", "number", "budget", "input_shape"]
 
 
 def integer(low: int) -> Callable[[str], int]:
@@ -60,6 +60,21 @@ def budget(high: float | None = None) -> Callable[[str], float]:
 
     parse.__name__ = "budget"
     return parse
+
+
+def input_shape(text: str) -> tuple[int, int, int]:
+    """``C,H,W`` (or ``CxHxW``): three positive integers, e.g. ``3,224,224``."""
+    parts = [p.strip() for p in text.replace("x", ",").strip("()[] ").split(",") if p.strip()]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not C,H,W (three positive integers, e.g. 3,224,224)")
+    return values  # type: ignore[return-value]
+
+
+input_shape.__name__ = "input_shape"
 
 
 def _float(text: str) -> float:

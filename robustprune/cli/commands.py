@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,23 @@ import torch
 
 from robustprune import distributed
 from robustprune._inputs import resolve_example_inputs
-from robustprune.analysis import analyze
-from robustprune.checkpoint import load_pruned, save_pruned
-from robustprune.data import Loaders, create_loaders, dataset_info, list_datasets
-from robustprune.errors import InvalidArgumentError, RecipeError
+from robustprune.analysis import DEFAULT_DELTA, analyze
+from robustprune.checkpoint import save_pruned
+from robustprune.cli.model_source import model_from_args, options
+from robustprune.data import DatasetInfo, Loaders, create_loaders, dataset_info, list_datasets
+from robustprune.errors import InvalidArgumentError
+from robustprune.export import FORMATS, export
 from robustprune.models import list_models
+from robustprune.models.passthrough import PREFIXES
 from robustprune.pruners import PRUNERS, prune
-from robustprune.recipe import check_run, describe_plan, load_recipe, parse_override, run_recipe
+from robustprune.recipe import check_run, describe_plan, load_recipe, run_recipe
 from robustprune.recipe.checks import check_budget, method_settings
 from robustprune.recipe.measure import evaluate
-from robustprune.recipe.preflight import data_errors, data_mismatch, model_for_data
+from robustprune.recipe.preflight import data_errors, data_mismatch
 from robustprune.recipe.rundir import output_problem
 from robustprune.report import render_report
 
-__all__ = ["cmd_list", "cmd_run", "cmd_analyze", "cmd_prune", "cmd_eval", "cmd_report", "launcher_rank"]
+__all__ = ["cmd_list", "cmd_run", "cmd_analyze", "cmd_prune", "cmd_eval", "cmd_export", "cmd_report", "launcher_rank"]
 
 
 def launcher_rank() -> int:
@@ -48,7 +50,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``robustprune run RECIPE``: the summary of the run (or, with --dry-run, the plan)."""
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "weights", None):
+        overrides.append(f"model.weights={json.dumps(str(args.weights))}")
+    recipe = load_recipe(args.recipe, overrides)
     if args.dry_run:  # the checks of a real run, writing and downloading nothing
         out = check_run(recipe, run_dir=args.run_dir, resume=args.resume, device=args.device)
         if launcher_rank() == 0:
@@ -70,20 +75,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """``robustprune analyze``: the analysis report of a checkpoint or a registered model."""
-    if args.checkpoint:
-        if args.model_option:
-            raise InvalidArgumentError("--model-option applies to --model; a checkpoint records its own architecture.")
-        model, meta = _load_checkpoint(args.checkpoint)
-    else:
-        meta = {}
-        data_name, data_opts = _data_choice(args, meta)
-        with data_errors(data_name, data_opts.get("root"), data_opts):
-            info = dataset_info(data_name, **data_opts)
-        model = model_for_data(args.model, info, _options(args.model_option, "--model-option"))
+    """``robustprune analyze``: the analysis report of a checkpoint or a model; δ defaults to
+    the dataset's usual budget (:attr:`~robustprune.data.DatasetInfo.eps`)."""
+    info = None
+    if args.model and _uses_data(args):
+        info = _dataset_info(args, {})
+    model, meta = model_from_args(args, info)
+    if args.checkpoint and (args.data or isinstance(meta.get("data"), dict)):
+        info = _dataset_info(args, meta)
     batch = None
-    if args.n_examples > 0:
+    if args.n_examples > 0 and (args.checkpoint or info is not None):
         batch = _test_batch(_open_data(args, meta, min(args.n_examples, 256), model), args.n_examples)
+    delta: Any = args.delta
+    if delta is None and info is not None:
+        delta = {**DEFAULT_DELTA, "inf": info.eps}
     report = analyze(
         model.eval(),
         example_inputs=resolve_example_inputs(model, data_example=batch[0] if batch else None),
@@ -91,11 +96,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         norms=tuple(args.norms),
         conv_norm=args.conv_norm,
         eps=args.eps,
-        delta=args.delta,
+        delta=delta,
         max_samples=max(1, args.n_examples),
+        device=args.device,
     )
     _print_report(report, args.format)
     return 0
+
+
+def _uses_data(args: argparse.Namespace) -> bool:
+    """Whether ``analyze --model`` takes a dataset: ``--data`` given, or a registered model
+    without ``--input-shape``/``--num-classes`` (digits, as before); a timm/torchvision model
+    or an explicit shape is analyzed data-free."""
+    if args.data or args.data_option:
+        return True
+    return not (args.input_shape or args.num_classes or args.model.startswith(PREFIXES))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -104,7 +119,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if problem:
         raise InvalidArgumentError(f"--out {args.out}: cannot write the pruned checkpoint there: {problem}.")
     _check_finetune_flags(args)
-    model, meta = _load_checkpoint(args.checkpoint)
+    model, meta = model_from_args(args, _dataset_info(args, {}) if args.model and args.data else None)
+    if args.device is not None:
+        model.to(distributed.resolve_device(args.device))
     kwargs: dict[str, Any] = {"method": args.method}
     if args.eps is not None:
         kwargs["eps"] = args.eps
@@ -126,12 +143,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
             report = prune(model, **kwargs)  # example inputs inferred from the checkpoint's model
         fit_dict = None
     out = Path(args.out)
-    new_meta = {**meta, "pruned_from": str(args.checkpoint), "prune_report": report.to_dict()}
+    source = args.checkpoint or args.weights or args.model
+    new_meta = {**meta, "pruned_from": str(source), "prune_report": report.to_dict()}
     if fit_dict is not None:
         new_meta["fit"] = fit_dict
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_pruned(model, out, meta=new_meta)
+        save_pruned(model.cpu(), out, meta=new_meta)
     except OSError as exc:  # e.g. the disk filled up; the checks above found the path writable
         raise InvalidArgumentError(f"--out {out}: cannot write the pruned checkpoint ({exc.strerror or exc}).") from exc
     _print_report(report, args.format)
@@ -166,8 +184,8 @@ def _prune_and_finetune(model: Any, meta: dict[str, Any], args: argparse.Namespa
         with torch.enable_grad():
             report = prune(model, **kwargs)
     if distill is not None:
-        distill.teacher.to(distributed.resolve_device(args.device))
-    result = fit(model, loaders, cfg, device=args.device, pruning=pruning, distill=distill)
+        distill.teacher.to(distributed.resolve_device(args.device or "auto"))
+    result = fit(model, loaders, cfg, device=args.device or "auto", pruning=pruning, distill=distill)
     if pruning is not None:
         from robustprune.recipe.build import combined_report
 
@@ -197,7 +215,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``robustprune eval``: clean and robust accuracy, MACs, params and latency."""
     if args.eps is not None:
         check_budget("--eps", args.eps, args.norm)
-    model, meta = _load_checkpoint(args.checkpoint)
+    if args.model and not args.data:
+        raise InvalidArgumentError("eval --model needs the data to evaluate on: pass --data NAME (see `robustprune list datasets`).")
+    model, meta = model_from_args(args, _dataset_info(args, {}) if args.model else None)
     loaders = _open_data(args, meta, args.batch_size, model)
     attacks: Any = args.attacks[0] if args.attacks == ["standard"] else tuple(args.attacks)
     result = evaluate(
@@ -220,6 +240,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``robustprune export``: write the model in a deployment format and check the file."""
+    model, _ = model_from_args(args)
+    out = Path(args.out) if args.out else _export_path(args)
+    result = export(model, out, format=args.format, atol=args.atol)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0
+
+
+def _export_path(args: argparse.Namespace) -> Path:
+    """``p.pt`` -> ``p.onnx`` / ``p.pt2`` / ``p.torchscript.pt``; ``--model timm:x`` -> ``timm-x.onnx``."""
+    source = Path(args.checkpoint) if args.checkpoint else Path(args.model.replace(":", "-").replace("/", "-"))
+    suffix = FORMATS[args.format]
+    target = source.with_suffix(suffix) if args.checkpoint else source.with_name(source.name + suffix)
+    return source.with_suffix(".torchscript" + suffix) if target == source else target
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``robustprune report RUN_DIR``: re-render and print the summary."""
     text = render_report(args.run_dir)
@@ -240,22 +277,13 @@ def _print_report(report: Any, fmt: str) -> None:
         print(report)
 
 
-def _options(items: Sequence[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        try:
-            key, value = parse_override(item)
-        except RecipeError as exc:
-            raise InvalidArgumentError(f"{flag} {item}: {str(exc).split(': ', 1)[-1]}") from None
-        out[key] = value
-    return out
-
-
 def _check_finetune_flags(args: argparse.Namespace) -> None:
     """``prune``'s finetune options are refused where they would be ignored."""
     finetuning = args.schedule == "iterative" or args.finetune_epochs > 0
+    shaping = bool(args.model)  # --data also sets a --model's input shape and classes
     unused = [flag for flag, given in (("--adv-eps", args.adv_eps is not None), ("--distill", args.distill is not None),
-                                       ("--data", bool(args.data)), ("--data-option", bool(args.data_option)))
+                                       ("--data", bool(args.data) and not shaping),
+                                       ("--data-option", bool(args.data_option) and not shaping))
               if given and not finetuning]
     if unused:
         raise InvalidArgumentError(f"{', '.join(unused)}: only used by a finetune; give --finetune-epochs >= 1.")
@@ -263,18 +291,15 @@ def _check_finetune_flags(args: argparse.Namespace) -> None:
         raise InvalidArgumentError("--restart restarts the learning rate after each pruning step: use it with --schedule iterative.")
 
 
-def _load_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
-    if Path(path).is_dir():
-        raise InvalidArgumentError(f"Checkpoint '{path}' is a directory; pass a checkpoint file (.pt).")
-    if not Path(path).is_file():
-        raise InvalidArgumentError(f"Checkpoint '{path}' does not exist.")
-    model = load_pruned(path, map_location="cpu")
-    meta = dict(getattr(model, "robustprune_meta", None) or {})
-    return model, meta
+def _dataset_info(args: argparse.Namespace, meta: dict[str, Any]) -> DatasetInfo:
+    """The static facts of the command's dataset (``--data``, the checkpoint's, else digits)."""
+    name, opts = _data_choice(args, meta)
+    with data_errors(name, opts.get("root"), opts):
+        return dataset_info(name, **opts)
 
 
 def _data_choice(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    opts = _options(args.data_option, "--data-option")
+    opts = options(args.data_option, "--data-option")
     if args.data:
         return args.data, opts
     recorded = meta.get("data")

@@ -9,7 +9,17 @@ from typing import Any
 from robustprune import __version__
 from robustprune.attacks import ATTACKS, NORMS
 from robustprune.cli.arguments import budget, integer, number
-from robustprune.cli.commands import cmd_analyze, cmd_eval, cmd_list, cmd_prune, cmd_report, cmd_run
+from robustprune.cli.commands import (
+    cmd_analyze,
+    cmd_eval,
+    cmd_export,
+    cmd_list,
+    cmd_prune,
+    cmd_report,
+    cmd_run,
+)
+from robustprune.cli.model_source import add_model_source
+from robustprune.export import FORMATS
 from robustprune.pruners import PRUNERS
 from robustprune.recipe.checks import ANALYSIS_NORMS, CONV_NORMS, method_settings
 
@@ -39,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robustprune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_run, _add_analyze, _add_prune, _add_eval, _add_report, _add_list):
+    for add in (_add_run, _add_analyze, _add_prune, _add_eval, _add_export, _add_report, _add_list):
         add(sub)
     return parser
 
@@ -67,6 +77,7 @@ def _add_run(sub: Any) -> None:
     )
     p.add_argument("--run-dir", metavar="DIR", help="write to (or resume) this directory instead of a new timestamped one")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--weights", metavar="PATH", help='start the dense model from these weights (a state_dict or save_pruned file): --set model.weights="PATH"')
     p.add_argument("--dry-run", action="store_true", help="validate the recipe, print the resolved config and the plan, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_threads(p)
@@ -81,14 +92,14 @@ def _add_analyze(sub: Any) -> None:
         "norms, alignment, Lipschitz and gap bounds and the dominant-direction audit of a "
         "checkpoint or of a freshly created (random-weight) registered model.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="NAME", help="a registered model (random weights), see `robustprune list models`")
-    src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint written by save_pruned / `robustprune run`")
-    p.add_argument("--data", metavar="NAME", help="dataset for the input shape and a data batch (default: the checkpoint's, else digits)")
+    add_model_source(p)
+    p.add_argument("--data", metavar="NAME", help="dataset for the input shape and a data batch (default: the checkpoint's; for --model "
+                   "with --input-shape/--num-classes or a timm:/torchvision: model none, data-free; else digits)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="model option for --model, e.g. widths=[16,32] (repeatable)")
     p.add_argument("--eps", type=number(0, 1, low_open=True, high_open=True), default=0.05, help="ε for the compressibility k, in (0, 1) (default 0.05)")
-    p.add_argument("--delta", type=budget(), default=None, help="attack budget δ for the gap bounds, certified fraction and audit, e.g. 0.1 or 8/255 (default: 8/255 for ℓ∞, 0.5 for ℓ2)")
+    p.add_argument("--delta", type=budget(), default=None, help="attack budget δ for the gap bounds, certified fraction and audit, e.g. 0.1 or 8/255 "
+                   "(default: the dataset's usual ℓ∞ budget, digits 0.2, MNIST 0.3, CIFAR/SVHN 8/255; 8/255 without data; 0.5 for ℓ2)")
+    p.add_argument("--device", default=None, help="where to measure: cpu, cuda, cuda:N, auto (default: cpu)")
     p.add_argument("--norms", nargs="+", choices=ANALYSIS_NORMS, default=list(ANALYSIS_NORMS), help="operator norms (default: 2 inf)")
     p.add_argument("--conv-norm", choices=CONV_NORMS, default="matricized")
     p.add_argument("--n-examples", type=integer(0), default=256, help="test examples for data-mode alignment and the audit (0: none)")
@@ -100,11 +111,11 @@ def _add_analyze(sub: Any) -> None:
 def _add_prune(sub: Any) -> None:
     p = sub.add_parser(
         "prune",
-        help="prune a checkpoint structurally and save the smaller model",
-        description="Load a checkpoint, prune it (ε-targeted by default) and save the pruned "
+        help="prune a checkpoint (or --model) structurally and save the smaller model",
+        description="Load a checkpoint (or build --model, with --weights), prune it (ε-targeted by default) and save the pruned "
         "model; prints the per-group pruning report.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="IN", help="input checkpoint")
+    add_model_source(p)
     ratio_methods = " / ".join(m for m in PRUNERS if "ratio" in method_settings(m))
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--eps", type=number(0, 1, low_open=True, high_open=True), help="ε: keep per group the fewest channels whose relative residual is <= ε")
@@ -133,14 +144,14 @@ def _add_finetune(p: argparse.ArgumentParser) -> None:
     g.add_argument("--restart", action="store_true", help="restart the learning-rate schedule after each step")
     g.add_argument("--finetune-epochs", type=integer(0), default=0, metavar="E", help="finetune epochs after (and, iterative, between) pruning steps (default 0)")
     g.add_argument("--lr", type=number(0, low_open=True), default=0.01, help="finetune learning rate (default 0.01)")
-    g.add_argument("--data", metavar="NAME", help="finetune dataset (default: the one recorded in the checkpoint)")
+    g.add_argument("--data", metavar="NAME", help="finetune dataset (default: the one recorded in the checkpoint); with --model it also sets the model's input shape and classes")
     g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
     g.add_argument("--batch-size", type=integer(1), default=64)
     g.add_argument("--adv-eps", type=budget(1.0), default=None, help="adversarial finetune budget (PGD, ℓ∞), in (0, 1], e.g. 0.2 or 8/255 (default: a standard finetune)")
     g.add_argument("--adv-steps", type=integer(1), default=5, help="PGD steps of the adversarial finetune (default 5)")
     g.add_argument("--distill", type=number(0, 1), default=None, metavar="W",
                    help="distil from the unpruned checkpoint with weight W in [0, 1] (temperature 2)")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", default=None, help="where to prune and finetune: cpu, cuda, cuda:N, auto (default: prune on the CPU, finetune on auto)")
 
 
 def _add_eval(sub: Any) -> None:
@@ -150,8 +161,8 @@ def _add_eval(sub: Any) -> None:
         description="Clean accuracy, AutoAttack robust accuracy (when --eps is given), MACs, "
         "params and latency of a checkpoint on a dataset's test split.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH")
-    p.add_argument("--data", metavar="NAME", help="dataset (default: the one recorded in the checkpoint)")
+    add_model_source(p)
+    p.add_argument("--data", metavar="NAME", help="dataset (default: the one recorded in the checkpoint; required with --model)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
     p.add_argument("--norm", choices=NORMS, default="Linf")
     p.add_argument("--eps", type=budget(), default=None, help="attack budget, e.g. 0.1 or 8/255, <= 1 under Linf (default: clean only)")
@@ -167,6 +178,23 @@ def _add_eval(sub: Any) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint or a model to ONNX, TorchScript or a torch.export program",
+        description="Write the model in a deployment format, load the file back with its runtime "
+        "(onnxruntime for ONNX), run it on a fresh batch and print the largest difference from "
+        "the PyTorch model's outputs (above --atol the file is removed and the command fails). "
+        "ONNX needs pip install 'robustprune[export]'.",
+    )
+    add_model_source(p, positional=True)
+    p.add_argument("--format", choices=list(FORMATS), default="onnx", help="onnx (default), torchscript or exported-program")
+    p.add_argument("--out", metavar="PATH", help="the file to write (default: the checkpoint's (or model's) name with the format's suffix)")
+    p.add_argument("--atol", type=number(0, low_open=True), default=1e-4, help="largest accepted difference, relative to the largest output (default 1e-4)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_export)
+
+
 def _add_report(sub: Any) -> None:
     p = sub.add_parser(
         "report",
@@ -180,7 +208,7 @@ def _add_report(sub: Any) -> None:
 def _add_list(sub: Any) -> None:
     p = sub.add_parser("list", help="list registered models or datasets", description="List registered models or datasets.")
     p.add_argument("what", choices=["models", "datasets"])
-    p.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
+    p.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'; 'timm:*' or 'torchvision:resnet*' list those libraries' models")
     p.set_defaults(func=cmd_list)
 
 

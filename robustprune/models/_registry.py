@@ -15,7 +15,8 @@ from torch import nn
 from robustprune._inputs import check_int
 from robustprune.errors import InvalidArgumentError, UnknownNameError
 from robustprune.models._normalize import NormalizedModel, normalize_layer
-from robustprune.models.passthrough import PREFIXES, create_passthrough
+from robustprune.models.passthrough import PREFIXES, create_passthrough, list_passthrough
+from robustprune.models.weights import WEIGHT_KEYWORDS
 
 __all__ = ["ModelSpec", "register_model", "create_model", "list_models", "model_spec", "model_min_size"]
 
@@ -63,7 +64,10 @@ def register_model(
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names (not the ``timm:``/``torchvision:`` passthroughs), sorted."""
+    """Registered model names, sorted; a pattern with a library prefix (``'timm:*'``,
+    ``'torchvision:resnet*'``) lists that library's models instead."""
+    if pattern and ":" in pattern:
+        return list_passthrough(pattern)
     names = sorted(_REGISTRY)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
@@ -82,17 +86,24 @@ def create_model(
     std: Sequence[float] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model, or ``timm:<name>`` / ``torchvision:<name>`` with random weights.
+    """Build a registered model, or ``timm:<name>`` / ``torchvision:<name>`` (random weights
+    unless ``pretrained=True`` for timm or ``weights="DEFAULT"`` for torchvision: then the
+    library's pretrained weights, from the local cache or downloaded).
 
     Args:
         name: a name from :func:`list_models`, or a ``timm:``/``torchvision:`` passthrough.
         num_classes: size of the classifier output.
         input_shape: ``(C, H, W)`` the model will see (defaults to the entry's own).
         mean, std: per-channel input statistics for the internal Normalize layer.
-        **kwargs: architecture options (``width``, ``depth``, ``rank``...).
+        **kwargs: architecture options (``width``, ``depth``, ``rank``...); for the
+            passthroughs also ``pretrained`` / ``weights`` (not recorded in the model's
+            spec: a saved model carries its weights, and reloading it downloads nothing).
+
+    Raises:
+        WeightsError: pretrained weights asked for, offline and not in the local cache.
     """
     _check_create_arguments(name, num_classes, input_shape, mean, std)
-    record = dict(kwargs)
+    record = {k: v for k, v in kwargs.items() if not (name.startswith(PREFIXES) and k in WEIGHT_KEYWORDS)}
     if mean is not None:
         record["mean"] = [float(m) for m in mean]
     if std is not None:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from robustprune import distributed
 from robustprune.checkpoint import save_pruned
 from robustprune.errors import RobustPruneError
+from robustprune.models import load_weights
 from robustprune.pruners import prune
 from robustprune.pruners.importance import make_importance
 from robustprune.pruners.schedules import Schedule, ScheduledPruning
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from robustprune.data import Loaders
     from robustprune.recipe.jobs import JobRunner
 
-__all__ = ["pruned_model", "scheduled", "runtime_options", "combined_report"]
+__all__ = ["pruned_model", "scheduled", "runtime_options", "combined_report", "start_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,15 @@ def pruned_model(
         save_pruned(model.cpu(), path, meta=runner.meta(r, job, prune_report=report, fit=fit_dict))
     distributed.barrier(runner.ctx)
     return report, fit_dict
+
+
+def start_weights(model: Any, r: Recipe) -> Any:
+    """The dense model's start: ``[model] weights`` loaded into ``model`` when given (the
+    dense model itself with ``[train] epochs = 0``, the start of its training otherwise)."""
+    if r.model is not None and r.model.weights is not None:
+        logger.info("dense model: starting from the weights in %s", r.model.weights)
+        load_weights(model, r.model.weights)
+    return model
 
 
 def scheduled(job: Job, example: Any, params: dict[str, float], options: dict[str, Any]) -> ScheduledPruning:

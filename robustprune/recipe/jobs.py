@@ -25,7 +25,7 @@ from robustprune.checkpoint import load_pruned, save_pruned
 from robustprune.data import Loaders, create_datasets
 from robustprune.models import create_model
 from robustprune.pruners.history import replay_history
-from robustprune.recipe.build import pruned_model
+from robustprune.recipe.build import pruned_model, start_weights
 from robustprune.recipe.config import FinetuneConfig, Recipe, RegularizerSpec, TrainConfig
 from robustprune.recipe.measure import analysis_report, analysis_summary, evaluation_row
 from robustprune.recipe.parse import entry_finetune
@@ -173,7 +173,7 @@ class JobRunner:
             path = self.checkpoint_path(dense_job)
             if not path.is_file():
                 assert r.train is not None
-                model = self.init_model(r, loaders, job.seed)
+                model = start_weights(self.init_model(r, loaders, job.seed), r)  # [model] weights
                 logger.info("training the dense %s (seed %d, %d epochs)", model.robustprune_spec.name,
                             job.seed, r.train.epochs)
                 keep = _snapshot_epochs(r)

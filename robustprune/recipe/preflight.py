@@ -1,6 +1,6 @@
 """Checks a run makes before it writes anything: the data loads (downloaded first when the
-recipe says ``download = true``), the model options fit the model, the checkpoint exists
-and fits the data. The same boundary helpers serve the command line: :func:`data_errors`
+recipe says ``download = true``), the model options fit the model, the checkpoint (or the
+model's ``weights`` file) exists and fits the model and the data. The same boundary helpers serve the command line: :func:`data_errors`
 (opening a dataset with user-given options), :func:`model_for_data` (a registered model
 with user-given options) and :func:`data_mismatch` (a loaded model against a dataset)."""
 
@@ -29,7 +29,7 @@ from robustprune.errors import (
     RecipeError,
     RobustPruneError,
 )
-from robustprune.models import create_model, model_spec
+from robustprune.models import create_model, load_weights, model_spec
 from robustprune.recipe.config import Recipe
 
 __all__ = ["preflight", "model_options", "data_errors", "model_for_data", "data_mismatch", "NETWORK_ERRORS"]
@@ -185,7 +185,7 @@ def _check_checkpoint(r: Recipe, path: str, info: DatasetInfo) -> None:
 def _check_model(r: Recipe, info: DatasetInfo) -> None:
     assert r.model is not None
     try:
-        model_for_data(r.model.name, info, r.model.options)
+        model = model_for_data(r.model.name, info, r.model.options)
     except RobustPruneError as exc:
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if bad:
@@ -199,6 +199,22 @@ def _check_model(r: Recipe, info: DatasetInfo) -> None:
         named = [k for k in r.model.options if re.search(rf"\b{re.escape(k)}\b", str(exc))]
         key = f"model.{named[0]}" if len(named) == 1 else "model.name" if "nknown model" in str(exc) else "[model]"
         raise RecipeError(f"{r.source}: {key}: {exc}") from exc
+    _check_weights(r, model)
+
+
+def _check_weights(r: Recipe, model: nn.Module) -> None:
+    """``model.weights`` exists and fits the model; ``train.epochs = 0`` has weights."""
+    assert r.model is not None
+    if r.train is not None and r.train.epochs == 0 and r.model.weights is None:
+        raise RecipeError(
+            f"{r.source}: train.epochs = 0 would keep the random initialization; set model.weights = "
+            '"PATH" (start from a weights file) or train for at least one epoch.'
+        )
+    if r.model.weights is not None:
+        try:
+            load_weights(model, r.model.weights)
+        except RobustPruneError as exc:
+            raise RecipeError(f"{r.source}: model.weights = {r.model.weights!r}: {exc}") from exc
 
 
 def _is_download_failure(exc: BaseException) -> bool:

@@ -126,9 +126,14 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """``[model]``: a registered model name and its architecture ``options`` (checked
-    against the model when a run starts)."""
+    against the model when a run starts); ``weights``: a weights file (a state_dict or a
+    ``save_pruned`` file, :func:`robustprune.models.load_weights`) the dense model starts
+    from: with ``[train] epochs = 0`` the dense model *is* these weights (no training),
+    with more epochs the training starts from them instead of a random initialization
+    (``scratch`` baselines still start from a random one)."""
 
     name: str
+    weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -159,13 +164,14 @@ class FinetuneConfig(FitConfig):
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(FitConfig):
     """``[train]``: how the dense model is trained, a :class:`~robustprune.train.FitConfig`
-    (at least one epoch) plus the ``regularizers`` added to the loss."""
+    plus the ``regularizers`` added to the loss. ``epochs = 0`` (no training) needs
+    ``[model] weights`` (checked before a run starts)."""
 
     regularizers: tuple[RegularizerSpec, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int("epochs", self.epochs, 1)
+        check_int("epochs", self.epochs, 0)
         check_warmup(self.epochs, self.warmup_epochs)
         if self.adversarial is not None:
             check_budget("adversarial.eps", self.adversarial.eps, self.adversarial.norm)
