@@ -14,16 +14,23 @@ fixes it; the count used is recorded in every results row.
 
 from __future__ import annotations
 
+import contextvars
 import os
 
 import torch
 
 from robustprune._inputs import check_int
 
-__all__ = ["MAX_DEFAULT_THREADS", "available_cpus", "default_threads", "resolve_threads", "use_threads"]
+__all__ = [
+    "MAX_DEFAULT_THREADS", "REQUESTED", "available_cpus", "default_threads", "resolve_threads", "use_threads",
+]
 
 #: the default never uses more threads than this
 MAX_DEFAULT_THREADS = 4
+
+#: the thread count the running CLI command was given (``--threads``; None: not given),
+#: which wins over a recipe's ``threads`` in :func:`robustprune.recipe.run_recipe`
+REQUESTED: contextvars.ContextVar[int | None] = contextvars.ContextVar("robustprune_threads", default=None)
 
 
 def available_cpus() -> int:
