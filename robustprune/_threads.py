@@ -4,7 +4,9 @@ PyTorch's own default is one intra-op thread per core. On a machine whose cores 
 with anything else (another job, DataLoader workers) every parallel region waits for the
 slowest thread, and the small convolutions of robustprune's models gain little from more
 threads anyway: ``benchmarks/bench_threads.py`` measured ``robustprune eval``-like work on
-this project's 2-core machine 1.5-7x slower with 2 threads than with 1 (``docs/speed.md``).
+this project's shared 2-core machine (load 4.6 to 8.5) 21x slower with 2 threads than with
+1 for ``cnn-small`` on digits and 24x for ``resnet18-cifar`` width 16, batch-1 latency 8x
+(``benchmarks/results/threads.md``).
 So the default is **half the CPUs this process may use, at most 4, at least 1**
 (:func:`default_threads`): one thread on 2 cores, four on 8 or more, leaving the other
 half to the DataLoader workers (see :func:`robustprune.data.default_num_workers`) and to
