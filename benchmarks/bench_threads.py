@@ -11,10 +11,10 @@ machine's load hits every count alike:
 It prints one table (median seconds per evaluation, and the batch-1 latency each thread
 count recorded) and the machine's load average before and after; the default rule of
 :func:`robustprune._threads.default_threads` (half the CPUs, at most 4, at least 1) is
-chosen from it, see ``docs/speed.md``.
+chosen from it (its docstring gives the reasons).
 
-    python benchmarks/bench_threads.py            # about 3 minutes on 2 cores
-    python benchmarks/bench_threads.py --quick    # under a minute
+    python benchmarks/bench_threads.py            # 12 minutes on 2 busy cores (2 threads are the slow ones)
+    python benchmarks/bench_threads.py --quick    # a third of that
     python benchmarks/bench_threads.py --out benchmarks/results/threads.md
 """
 
