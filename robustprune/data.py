@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from robustprune._inputs import check_int
+from robustprune._threads import available_cpus
 from robustprune._torchvision_data import load_torchvision
 from robustprune.errors import InvalidArgumentError, UnknownNameError
 
@@ -39,6 +40,7 @@ __all__ = [
     "dataset_info",
     "dataset_options",
     "split_validation",
+    "default_num_workers",
 ]
 
 
@@ -163,7 +165,7 @@ def create_loaders(
     root: str | os.PathLike[str] | None = None,
     download: bool = False,
     seed: int = 0,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     validation: float = 0.0,
     **kwargs: Any,
 ) -> Loaders:
@@ -175,7 +177,9 @@ def create_loaders(
         root: where torchvision datasets live (default ``$ROBUSTPRUNE_DATA`` or ``./data``).
         download: let torchvision download a missing dataset.
         seed: seeds the split (digits), the synthetic data and the training shuffle order.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers; None: :func:`default_num_workers` (0 for
+            datasets held in memory such as digits and synthetic, else a few), kept alive
+            between epochs when > 0.
         validation: hold out this fraction of the training set as ``loaders.val`` (a
             seeded random subset), e.g. to choose regularizer weights without the test set.
         **kwargs: dataset options, e.g. ``size=32`` for digits or ``shape=(3, 32, 32)`` for
@@ -184,15 +188,20 @@ def create_loaders(
     check_int("batch_size", batch_size, low=1)
     if test_batch_size is not None:
         check_int("test_batch_size", test_batch_size, low=1, why="or None for 2 x batch_size")
-    check_int("num_workers", num_workers, low=0, why="0 loads in the main process")
+    if num_workers is not None:
+        check_int("num_workers", num_workers, low=0, why="0 loads in the main process; None: the default")
     ds = create_datasets(name, root=root, download=download, seed=seed, validation=validation, **kwargs)
+    if num_workers is None:
+        num_workers = default_num_workers(ds.train)
     generator = torch.Generator().manual_seed(seed)
+    keep = num_workers > 0  # workers start once, not every epoch
     train = DataLoader(
         ds.train,
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
         num_workers=num_workers,
+        persistent_workers=keep,
         drop_last=False,
     )
     test = DataLoader(
@@ -200,11 +209,29 @@ def create_loaders(
         batch_size=test_batch_size or 2 * batch_size,
         shuffle=False,
         num_workers=num_workers,
+        persistent_workers=keep,
     )
     val = None if ds.val is None else DataLoader(
-        ds.val, batch_size=test_batch_size or 2 * batch_size, shuffle=False, num_workers=num_workers
+        ds.val, batch_size=test_batch_size or 2 * batch_size, shuffle=False, num_workers=num_workers,
+        persistent_workers=keep,
     )  # test_batch_size is None or >= 1 here
     return Loaders(train, test, ds.info, val)
+
+
+#: the most DataLoader workers :func:`default_num_workers` picks
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_num_workers(dataset: Dataset) -> int:
+    """DataLoader workers for ``dataset``: 0 when it is held in memory as tensors (digits,
+    synthetic: a worker would only add its start-up and the copies between processes),
+    else half the CPUs this process may use, at most :data:`MAX_DEFAULT_WORKERS` (the
+    other half runs the model: see :mod:`robustprune._threads`)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if isinstance(dataset, TensorDataset):
+        return 0
+    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // 2))
 
 
 def dataset_info(name: str, **kwargs: Any) -> DatasetInfo:

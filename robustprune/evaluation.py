@@ -55,6 +55,9 @@ class EvalResult:
             parameter count (torch-pruning's counter).
         latency_ms: median forward time in milliseconds of warm runs, keys ``"batch1"`` and
             ``"batch64"`` (empty when ``latency=False``).
+        latency_threads: the CPU threads PyTorch used for the latency runs on a CPU
+            (``torch.get_num_threads()``; the CLI and recipe runs set it, see
+            :mod:`robustprune._threads`); None on CUDA or without latency.
         robust: the full :class:`~robustprune.attacks.RobustResult` (None without ``eps``).
         n: examples behind ``clean_accuracy``.
         device: where it ran.
@@ -68,6 +71,7 @@ class EvalResult:
     robust: RobustResult | None
     n: int
     device: str
+    latency_threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of every field (``robust`` as its own dict)."""
@@ -80,11 +84,14 @@ class EvalResult:
             "robust": None if self.robust is None else self.robust.to_dict(),
             "n": self.n,
             "device": self.device,
+            "latency_threads": self.latency_threads,
         }
 
     def __str__(self) -> str:
         robust = "-" if self.robust_accuracy is None else f"{self.robust_accuracy:.2%}"
         lat = ", ".join(f"{k} {v:.3g} ms" for k, v in self.latency_ms.items())
+        if lat and self.latency_threads is not None:
+            lat += f" ({self.latency_threads} CPU thread{'s' if self.latency_threads > 1 else ''})"
         return (
             f"clean {self.clean_accuracy:.2%} (n={self.n}), robust {robust}, "
             f"MACs {self.macs:,}, params {self.params:,}" + (f", latency {lat}" if lat else "")
@@ -141,6 +148,7 @@ def evaluate(
         inputs = _example_inputs(net, loader, example_inputs).to(dev)
         macs, params = count_macs_params(net, inputs)
         latency_ms = measure_latency(net, inputs.shape[1:], dev) if latency else {}
+        threads = torch.get_num_threads() if latency and dev.type == "cpu" else None
     finally:
         restore_modes(modes)
     robust = None
@@ -170,6 +178,7 @@ def evaluate(
         robust=robust,
         n=n,
         device=str(dev),
+        latency_threads=threads,
     )
 
 
@@ -188,15 +197,26 @@ def measure_latency(
     batches: Sequence[int] = LATENCY_BATCHES,
     warmup: int = 3,
     runs: int = 10,
+    threads: int | None = None,
 ) -> dict[str, float]:
     """Median forward time (ms) of ``runs`` warm runs per batch size, in eval mode under
-    ``no_grad``, on random inputs of ``input_shape`` (CUDA is synchronized around each run).
-    Returns ``{"batch1": ms, "batch64": ms}``."""
+    ``no_grad``, on random inputs of ``input_shape`` (CUDA is synchronized around each run),
+    with ``threads`` CPU threads (default: PyTorch's current count; put back afterwards).
+    Returns ``{"batch1": ms, "batch64": ms}``.
+
+    On a machine whose cores are busy, more threads than idle cores make every forward wait
+    for a descheduled thread (milliseconds instead of microseconds for a small model):
+    measure with the count the model will run with, and report it next to the numbers."""
+    if threads is not None:
+        check_int("threads", threads, low=1, why="CPU threads for the latency runs")
+    before = torch.get_num_threads()
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
     g = torch.Generator().manual_seed(0)
     try:
+        if threads is not None and threads != before:
+            torch.set_num_threads(threads)
         with torch.no_grad():
             for b in batches:
                 x = torch.rand((b, *input_shape), generator=g).to(device)
@@ -211,6 +231,8 @@ def measure_latency(
                 out[f"batch{b}"] = 1000.0 * statistics.median(times)
     finally:
         model.train(was_training)
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
     return out
 
 

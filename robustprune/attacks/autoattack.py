@@ -25,6 +25,8 @@ from robustprune._inputs import (
     module_modes,
     restore_modes,
 )
+from robustprune._progress import bar as progress_bar
+from robustprune._progress import interactive
 from robustprune.attacks._ensemble import Ensemble
 from robustprune.attacks._state import EvalState, check_state_path, checksum
 from robustprune.attacks.batches import num_examples, rebatch
@@ -147,7 +149,7 @@ def robust_accuracy(
         seed: the attacks' seed.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         n_iter: iterations of the APGD and FAB attacks (AutoAttack uses 100).
-        progress: a tqdm bar over batches (rank 0 only).
+        progress: a tqdm bar over batches (rank 0 only, on a terminal).
         state_path: a JSON file that records the counts of every finished batch (written
             atomically by rank 0); a later call with the same settings and model skips the
             batches it lists, so an interrupted evaluation resumes where it stopped.
@@ -314,12 +316,10 @@ def _check_order(data: Any, ctx: distributed.DistContext) -> None:
 
 
 def _progress_bar(data: Any, batch_size: int, n_examples: int | None, enabled: bool) -> Any:
-    if not enabled:
+    if not enabled or not interactive():  # off a terminal: no bar (the caller's lines tell the story)
         return None
-    from tqdm.auto import tqdm
-
     total = num_examples(data)
     if n_examples is not None:
         total = n_examples if total is None else min(total, n_examples)
     batches = None if total is None else math.ceil(total / batch_size)
-    return tqdm(total=batches, desc="robust accuracy", unit="batch", leave=False)
+    return progress_bar(total=batches, desc="robust accuracy", unit="batch", leave=False)

@@ -27,8 +27,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-import torch
-
+from robustprune._threads import REQUESTED, use_threads
 from robustprune.cli.commands import launcher_rank
 from robustprune.cli.parser import build_parser
 from robustprune.errors import RobustPruneError
@@ -54,9 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    requested = REQUESTED.set(getattr(args, "threads", None))
     try:
-        if getattr(args, "threads", None):
-            torch.set_num_threads(args.threads)
+        use_threads(REQUESTED.get())  # --threads, else the default rule (robustprune._threads)
         return int(args.func(args) or 0)
     except RobustPruneError as exc:
         if args.debug:
@@ -82,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        REQUESTED.reset(requested)
 
 
 def _error(text: str, rank: int) -> None:
@@ -91,9 +92,9 @@ def _error(text: str, rank: int) -> None:
 
 def _configure_logging(debug: bool) -> None:
     root = logging.getLogger("robustprune")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))  # short lines: the progress of a run
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if launcher_rank():  # torchrun: rank 0 tells the story
@@ -102,6 +103,22 @@ def _configure_logging(debug: bool) -> None:
     aa = logging.getLogger("auto-attack")
     if not debug and not any(isinstance(f, _OnceFilter) for f in aa.filters):
         aa.addFilter(_OnceFilter())
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """INFO and above of the ``robustprune`` logger (epochs, jobs, resumes) to whatever
+    ``sys.stderr`` is when the record is made (a redirected or captured stderr included)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 class _OnceFilter(logging.Filter):

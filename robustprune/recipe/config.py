@@ -21,6 +21,7 @@ from robustprune.recipe.checks import (
     METHODS,
     SETTING_KEYS,
     check_choices,
+    check_int,
     check_number,
     check_numbers,
     check_prune_entries,
@@ -28,6 +29,7 @@ from robustprune.recipe.checks import (
     check_pruner_options,
     check_scheduled_entry,
 )
+from robustprune.recipe.logsection import LogConfig
 from robustprune.recipe.sections import (
     AnalysisConfig,
     DataConfig,
@@ -52,6 +54,7 @@ __all__ = [
     "EvalConfig",
     "AnalysisConfig",
     "SweepAxis",
+    "LogConfig",
     "Recipe",
 ]
 
@@ -171,7 +174,9 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     """A validated recipe. ``train`` and ``checkpoint`` (a model file) exclude each other,
-    and so do ``model`` and ``checkpoint`` (the checkpoint records its architecture)."""
+    and so do ``model`` and ``checkpoint`` (the checkpoint records its architecture).
+    ``threads`` (top level) fixes the CPU threads of the run (default: the rule of
+    :mod:`robustprune._threads`; the CLI's ``--threads`` wins); ``log`` is ``[log]``."""
 
     name: str = "recipe"
     data: DataConfig
@@ -187,6 +192,8 @@ class Recipe:
     output: str = "runs"
     description: str = ""
     sweep: tuple[SweepAxis, ...] = ()
+    threads: int | None = None
+    log: LogConfig = field(default_factory=LogConfig)
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -204,6 +211,7 @@ class Recipe:
             )
         if len(set(seeds)) != len(seeds):
             raise InvalidArgumentError(f"seeds must be distinct, got {list(seeds)}.", argument="seeds")
+        check_int("threads", self.threads, 1, optional=True)
         self._check_sources()
         check_prune_entries(self.prune, self.compare, trained=self.train is not None)
 
@@ -213,7 +221,10 @@ class Recipe:
         out: dict[str, Any] = {"name": self.name}
         if self.description:
             out["description"] = self.description
-        out.update(seeds=list(self.seeds), output=self.output, data=to_data(self.data))
+        out.update(seeds=list(self.seeds), output=self.output)
+        if self.threads is not None:
+            out["threads"] = self.threads
+        out["data"] = to_data(self.data)
         if self.model is not None:
             out["model"] = to_data(self.model)
         if self.checkpoint is not None:
@@ -225,6 +236,8 @@ class Recipe:
         out.update(finetune=to_data(self.finetune), eval=to_data(self.eval), analysis=to_data(self.analysis))
         if to_data(self.compare):
             out["compare"] = to_data(self.compare)
+        if self.log != LogConfig():  # runs from before [log] existed still resume
+            out["log"] = to_data(self.log)
         if self.sweep:
             out["sweep"] = {a.key: {"label": a.label, "values": list(a.values)} for a in self.sweep}
         return out

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from robustprune import distributed, train
 from robustprune._inputs import resolve_example_inputs
 from robustprune.checkpoint import load_pruned, save_pruned
-from robustprune.data import Loaders, create_datasets
+from robustprune.data import Loaders, create_datasets, default_num_workers
 from robustprune.models import create_model
 from robustprune.pruners.history import replay_history
 from robustprune.recipe.build import pruned_model, start_weights
@@ -55,6 +55,7 @@ class JobRunner:
     ) -> None:
         self.variants, self.state, self.device, self.ctx = variants, state, device, ctx
         self.progress = progress
+        self.loggers: tuple[Any, ...] = ()  # the current job's (set by the runner)
         self.rows: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, Job] = {}
         self._data_key: str | None = None
@@ -142,15 +143,15 @@ class JobRunner:
                 )
             self._data_key = key
         ds, d = self._datasets, r.data
+        # [data] num_workers, or (None) the default: 0 for in-memory data, else a few
+        workers = default_num_workers(ds.train) if d.num_workers is None else d.num_workers
+        opts = {"num_workers": workers, "persistent_workers": workers > 0}
         train_loader = DataLoader(
-            ds.train, batch_size=d.batch_size, shuffle=True,
-            generator=torch.Generator().manual_seed(seed), num_workers=d.num_workers,
+            ds.train, batch_size=d.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), **opts,
         )
         batch = d.test_batch_size or 2 * d.batch_size
-        test_loader = DataLoader(ds.test, batch_size=batch, shuffle=False, num_workers=d.num_workers)
-        val_loader = None if ds.val is None else DataLoader(
-            ds.val, batch_size=batch, shuffle=False, num_workers=d.num_workers
-        )
+        test_loader = DataLoader(ds.test, batch_size=batch, shuffle=False, **opts)
+        val_loader = None if ds.val is None else DataLoader(ds.val, batch_size=batch, shuffle=False, **opts)
         return Loaders(train_loader, test_loader, ds.info, val_loader)
 
     def init_model(self, r: Recipe, loaders: Loaders, seed: int) -> Any:
@@ -262,7 +263,8 @@ class JobRunner:
         specs = [spec for spec in (*cfg.regularizers, *extra) if spec.weight != 0]
         return train.fit(
             model, loaders, cfg, regularizers=[spec.build() for spec in specs],
-            device=self.device, checkpoint_dir=ckpt_dir, seed=seed, progress=self.progress, **kwargs,
+            device=self.device, checkpoint_dir=ckpt_dir, seed=seed, progress=self.progress,
+            loggers=self.loggers, **kwargs,
         )
 
     def cleanup(self, directory: Path) -> None:

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from robustprune import distributed
+from robustprune._progress import line as progress_line
+from robustprune._threads import REQUESTED, resolve_threads, use_threads
 from robustprune.recipe.config import Recipe
 from robustprune.recipe.jobs import JobRunner
+from robustprune.recipe.logsection import job_loggers
 from robustprune.recipe.parse import variants
 from robustprune.recipe.plan import plan_jobs
 from robustprune.recipe.preflight import preflight
-from robustprune.recipe.rundir import RunDir, resolve_run_dir
+from robustprune.recipe.rundir import RunDir, resolve_run_dir, slug
 
 __all__ = ["RunResult", "run_recipe", "check_run"]
 
@@ -42,6 +45,7 @@ def run_recipe(
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
+    threads: int | None = None,
 ) -> RunResult:
     """Run a recipe and write its results.
 
@@ -64,11 +68,19 @@ def run_recipe(
             ``results.jsonl`` are kept, unfinished training resumes from its epoch
             checkpoint. The resolved recipe must equal the run's ``config.toml``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        progress: tqdm bars for training and attacks.
+        progress: tqdm bars for training and attacks on a terminal; elsewhere (a log file)
+            one line per epoch and per job (:mod:`robustprune._progress`).
+        threads: CPU threads for PyTorch; default the CLI's ``--threads``, else the recipe's
+            ``threads``, else :func:`robustprune._threads.default_threads`. Set once, here,
+            and recorded in every row (``threads``).
+
+    With ``[log] kind = "csv"`` / ``"tensorboard"`` each job's epochs and final row are
+    logged under ``<run dir>/log/`` (:mod:`robustprune.recipe.logsection`).
 
     Under ``torchrun`` every rank runs the same plan (training and attacks are shared
     between the ranks); rank 0 alone writes files.
     """
+    n_threads = resolve_threads(threads, REQUESTED.get(), recipe.threads)  # checked before anything runs
     dev = distributed.resolve_device(device)
     ctx = distributed.setup(dev)
     jobs = plan_jobs(recipe)
@@ -79,10 +91,13 @@ def run_recipe(
     state.prepare(recipe, resume)
     distributed.barrier(ctx)
     done = {row["id"]: row for row in state.read_rows()} if resume else {}
+    use_threads(n_threads)
+    talk = progress and ctx.is_main
     if done:
-        logger.info("resuming %s: %d of %d models already finished", out, len(done), len(jobs))
+        progress_line(logger, "resuming %s: %d of %d models already finished", out, len(done), len(jobs),
+                      enabled=talk)
     else:
-        logger.info("run %s: %d models", out, len(jobs))
+        progress_line(logger, "run %s: %d models, %d CPU thread(s)", out, len(jobs), n_threads, enabled=talk)
     runner = JobRunner(by_name, state, device=dev, ctx=ctx, progress=progress)
     started = time.perf_counter()
     finished = 0
@@ -91,18 +106,28 @@ def run_recipe(
             runner.skip(job, done[job.id])
             continue
         t0 = time.perf_counter()
-        row = runner.run_job(job)
-        row["seconds"] = round(time.perf_counter() - t0, 2)
+        loggers = job_loggers(recipe.log, out / "log", slug(job.id.replace("/", "__"))) if ctx.is_main else ()
+        runner.loggers = loggers
+        try:
+            row = runner.run_job(job)
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            row["threads"] = n_threads
+            for log in loggers:
+                log.log_result(row)
+        finally:
+            for log in loggers:
+                log.close()
+            runner.loggers = ()
         state.append_row(row)
         runner.rows[job.id] = row
         finished += 1
-        logger.info("[%d/%d] %s", i + 1, len(jobs), _row_line(row))
+        progress_line(logger, "[%d/%d] %s", i + 1, len(jobs), _row_line(row), enabled=talk)
         if i + 1 < len(jobs) and jobs[i + 1].seed != job.seed:
             state.render()  # a partial summary after every seed
     distributed.barrier(ctx)
     rows = tuple(state.read_rows())
     summary = state.render()
-    logger.info("finished %d models in %.1f s", finished, time.perf_counter() - started)
+    progress_line(logger, "finished %d models in %.1f s", finished, time.perf_counter() - started, enabled=talk)
     return RunResult(out, rows, summary, ctx.is_main)
 
 

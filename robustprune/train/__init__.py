@@ -8,7 +8,8 @@
 - :mod:`~robustprune.train.resume`: checkpoints that resume bit-for-bit;
 - :mod:`~robustprune.train.rng`: seeding and capturing every random state;
 - :mod:`~robustprune.train.setup`: loaders, sharding, autocast, optimizer and scheduler;
-- :mod:`~robustprune.train.results`: :class:`EpochStats`, :class:`FitResult`.
+- :mod:`~robustprune.train.results`: :class:`EpochStats`, :class:`FitResult`;
+- :mod:`~robustprune.train.loggers`: :class:`CSVLogger`, :class:`TensorBoardLogger` (``fit(loggers=...)``).
 """
 
 from robustprune.attacks import AdversarialConfig as AdversarialConfig
@@ -17,8 +18,12 @@ from robustprune.train.config import SCHEDULERS, FitConfig
 from robustprune.train.config import AmpMode as AmpMode
 from robustprune.train.distill import DistillConfig
 from robustprune.train.fitting import fit
+from robustprune.train.loggers import CSVLogger, Logger, TensorBoardLogger
 from robustprune.train.results import EpochStats, FitResult
 from robustprune.train.resume import CHECKPOINT_NAME
 from robustprune.train.resume import Regularizer as Regularizer
 
-__all__ = ["FitConfig", "DistillConfig", "SCHEDULERS", "EpochStats", "FitResult", "fit", "CHECKPOINT_NAME"]
+__all__ = [
+    "FitConfig", "DistillConfig", "SCHEDULERS", "EpochStats", "FitResult", "fit", "CHECKPOINT_NAME",
+    "Logger", "CSVLogger", "TensorBoardLogger",
+]

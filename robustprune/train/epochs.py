@@ -7,15 +7,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from robustprune import distributed
+from robustprune._progress import line as progress_line
 from robustprune.pruners.schedules import ScheduledPruning, extend_history
 from robustprune.train.distill import DistillConfig
+from robustprune.train.loggers import Logger
 from robustprune.train.loop import Loop, LoopSettings
 from robustprune.train.pruning import PruningDriver
 from robustprune.train.results import EpochStats
@@ -68,11 +70,16 @@ class Run:
 
     def epochs(
         self, test_loader: Iterable[Any] | None, *, seed: int,
-        on_epoch_end: Callable[[EpochStats], None] | None,
+        on_epoch_end: Callable[[EpochStats], None] | None, loggers: Sequence[Logger] = (),
     ) -> tuple[list[EpochStats], int]:
-        """Train the remaining epochs; the history and the epoch it resumed from."""
+        """Train the remaining epochs; the history and the epoch it resumed from. Rank 0
+        hands every epoch to the ``loggers`` (on resume, the restored epochs first)."""
         state, settings = self.state, self.settings
         history, start_epoch = self._start(seed)
+        loggers = tuple(loggers) if self.ctx.is_main else ()
+        for stats in history:
+            for log in loggers:
+                log.log_epoch(stats)
         loop = Loop(self._wrap(), state, settings, self.ctx, resumed_from=start_epoch)
         for epoch in range(start_epoch, settings.epochs):
             if self._prune(epoch):
@@ -83,12 +90,14 @@ class Run:
                 save_checkpoint(settings.checkpoint, epoch + 1, state, history, self.fingerprint, self.ctx)
                 if epoch + 1 in self.extras.keep and self.ctx.is_main:
                     keep_copy(settings.checkpoint, epoch + 1)
-            logger.info(
-                "epoch %d/%d: loss %.4f, train acc %.2f%%, test acc %s, %.1fs",
+            progress_line(
+                logger, "epoch %d/%d: loss %.4f, train acc %.2f%%, test acc %s, %.1fs",
                 stats.epoch, settings.epochs, stats.loss, 100 * stats.train_accuracy,
                 "-" if stats.test_accuracy is None else f"{100 * stats.test_accuracy:.2f}%",
-                stats.seconds,
+                stats.seconds, enabled=self._talks(),
             )
+            for log in loggers:
+                log.log_epoch(stats)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
         return history, start_epoch
@@ -115,8 +124,12 @@ class Run:
         else:
             check_resumable(saved, state.net, state.optimizer, state.regularizers)
         history = restore(saved, state, self.ctx)
-        logger.info("resuming from %s after epoch %d", source, int(saved["epoch"]))
+        progress_line(logger, "resuming from %s after epoch %d", source, int(saved["epoch"]), enabled=self._talks())
         return history, int(saved["epoch"])
+
+    def _talks(self) -> bool:
+        """Whether this process writes progress lines (rank 0, ``progress=True``)."""
+        return self.settings.progress and self.ctx.is_main
 
     def _prune(self, epoch: int) -> bool:
         """Run the pruning steps scheduled before ``epoch``; whether the model changed."""

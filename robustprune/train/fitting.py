@@ -40,6 +40,7 @@ from robustprune.pruners.schedules import ScheduledPruning
 from robustprune.train.config import FitConfig, resolve_config
 from robustprune.train.distill import DistillConfig, check_teacher
 from robustprune.train.epochs import Extras, Run
+from robustprune.train.loggers import Logger, check_loggers
 from robustprune.train.loop import LoopSettings
 from robustprune.train.pruning import PruningDriver, ShiftedScheduler
 from robustprune.train.results import EpochStats, FitResult
@@ -78,6 +79,7 @@ def fit(
     distill: DistillConfig | None = None,
     resume_from: str | os.PathLike[str] | None = None,
     keep_checkpoints: Sequence[int] = (),
+    loggers: Sequence[Logger] | None = None,
     **options: Any,
 ) -> FitResult:
     """Train (or finetune) ``model`` in place for ``epochs`` epochs.
@@ -98,7 +100,8 @@ def fit(
         seed: seeds the torch, numpy and python RNGs for the run (the caller's RNG states
             are restored on return), the attacks' random starts and, under torchrun, the
             distributed sampler.
-        progress: tqdm bars with loss and accuracy (rank 0 only).
+        progress: tqdm bars with loss and accuracy on a terminal, one line per epoch
+            elsewhere (rank 0 only; see :mod:`robustprune._progress`).
         on_epoch_end: called with each epoch's :class:`EpochStats` after its checkpoint.
         pruning: a :class:`~robustprune.pruners.schedules.ScheduledPruning`: prune the model
             during the fit (iterative or during-training schedules); before each scheduled
@@ -114,6 +117,9 @@ def fit(
             with the same arguments, except pruning steps scheduled at or after its epoch.
         keep_checkpoints: after these epochs, also keep a copy ``epoch<N>.pt`` of the
             checkpoint (needs ``checkpoint_dir``).
+        loggers: :class:`~robustprune.train.loggers.Logger` s (``CSVLogger(path)``,
+            ``TensorBoardLogger(log_dir)``) that receive every epoch's statistics (rank 0
+            only; on resume the restored epochs first); the caller closes them.
         **options: fields of :class:`FitConfig` (``epochs``, ``lr``, ``optimizer``,
             ``weight_decay``, ``momentum``, ``scheduler``, ``warmup_epochs``, ``min_lr``,
             ``clip_grad_norm``, ``amp``, ``adversarial``, ``optimizer_kwargs``,
@@ -133,6 +139,7 @@ def fit(
     cfg = resolve_config(config, options)
     check_int("seed", seed, low=0, high=2**63 - 1)
     regs = _check_regularizers(regularizers)
+    logs = check_loggers(loggers)
     extras = _check_extras(cfg, pruning, distill, resume_from, keep_checkpoints, checkpoint_dir)
     train_loader, test_loader = split_loaders(loaders)
     dev = distributed.resolve_device(device)
@@ -150,7 +157,7 @@ def fit(
         if distill is not None:
             distill.teacher.eval()
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            history, resumed_from = run.epochs(test_loader, seed=seed, on_epoch_end=on_epoch_end)
+            history, resumed_from = run.epochs(test_loader, seed=seed, on_epoch_end=on_epoch_end, loggers=logs)
     finally:
         np.random.set_state(caller_np)
         random.setstate(caller_py)

@@ -29,6 +29,8 @@ from torch.utils.data import DistributedSampler
 
 from robustprune import distributed
 from robustprune._inputs import BatchValidator, check_logits, first_forward, split_labelled_batch
+from robustprune._progress import NoBar
+from robustprune._progress import bar as progress_bar
 from robustprune.attacks import AdversarialConfig, fgsm_rs, pgd, trades_attack, trades_objective
 from robustprune.attacks.training import check_budget_for_inputs
 from robustprune.errors import InvalidArgumentError, TrainingDivergedError
@@ -37,7 +39,7 @@ from robustprune.train.results import EpochStats
 from robustprune.train.resume import TrainingState, restore_last_good
 from robustprune.train.setup import num_batches
 
-__all__ = ["LoopSettings", "Loop", "RunningStats", "to_device"]
+__all__ = ["LoopSettings", "Loop", "RunningStats", "regularizer_names", "to_device"]
 
 _PROGRESS_EVERY = 10  # steps between progress-bar updates (each one syncs)
 
@@ -45,7 +47,7 @@ _PROGRESS_EVERY = 10  # steps between progress-bar updates (each one syncs)
 @dataclass(frozen=True)
 class LoopSettings:
     """How the loop trains: the adversarial attack (None: standard training), the autocast
-    dtype (None: fp32), the device, gradient clipping, tqdm bars, the number of epochs (for
+    dtype (None: fp32), the device, gradient clipping, progress bars, the number of epochs (for
     the bars), the checkpoint to fall back to when the loss diverges and the distillation
     (None: none)."""
 
@@ -78,28 +80,29 @@ class Loop:
         self.test_check = BatchValidator("fit's test loader")
         self.last_update: tuple[int, int] | None = None  # (epoch, batch) of the last update
         self.guard = RunningStats(self.net)
+        self.terms: list[torch.Tensor] = []  # the regularizers' values of the last step
 
     def epoch(self, train_loader: Iterable[Any], test_loader: Iterable[Any] | None, epoch: int) -> EpochStats:
         """Train epoch ``epoch`` (from 0) and measure the test accuracy."""
-        from tqdm.auto import tqdm
-
         start = time.perf_counter()
         sampler = getattr(train_loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         self.ddp.train()
         steps = num_batches(train_loader)
-        # running sums on the device: [loss * n, reg * n, correct, n]
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        bar = tqdm(
+        # running sums on the device: [loss * n, reg * n, correct, n, term_1 * n, ...]
+        names = regularizer_names(self.state.regularizers)
+        sums = torch.zeros(4 + len(names), dtype=torch.float64, device=self.device)
+        bar = progress_bar(
             total=steps, desc=f"epoch {epoch + 1}/{self.settings.epochs}", unit="batch", leave=False,
-            disable=not self.progress,
+            enabled=self.progress,
         )
+        live = not isinstance(bar, NoBar)  # off a terminal: no bar, one line per epoch (epochs.py)
         self.guard = RunningStats(self.net)  # the model may have been pruned before this epoch
         try:
             for i, batch in enumerate(train_loader):
                 self._train_batch(batch, sums, epoch, i, epoch * steps + i + 1)
-                if self.progress and ((i + 1) % _PROGRESS_EVERY == 0 or i + 1 == steps):
+                if live and ((i + 1) % _PROGRESS_EVERY == 0 or i + 1 == steps):
                     n_seen = max(1.0, float(sums[3]))
                     bar.set_postfix(
                         loss=f"{float(sums[0]) / n_seen:.4f}", acc=f"{float(sums[2]) / n_seen:.2%}",
@@ -119,6 +122,7 @@ class Loop:
             test_accuracy=test_acc,
             lr=float(self.state.optimizer.param_groups[0]["lr"]),
             seconds=time.perf_counter() - start,
+            regularization_terms={name: totals[4 + j] / n for j, name in enumerate(names)},
         )
 
     def step(
@@ -194,6 +198,8 @@ class Loop:
         sums[1] += reg * n
         sums[2] += correct
         sums[3] += n
+        for j, term in enumerate(self.terms):
+            sums[4 + j] += term * n
         if self.state.scheduler is not None:
             self.state.scheduler.step_update(num_updates=update)
 
@@ -227,6 +233,7 @@ class Loop:
     def _regularization(self, where: str) -> torch.Tensor:
         """The sum of the regularizers' values, each checked to be a scalar tensor."""
         total = torch.zeros((), device=self.device)
+        self.terms = []
         for r in self.state.regularizers:
             value = r(self.net)
             if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
@@ -241,6 +248,7 @@ class Loop:
                     argument="regularizers",
                 )
             total = total + value
+            self.terms.append(value.detach())
         return total
 
     def _task_loss(
@@ -346,6 +354,20 @@ class RunningStats:
                 for buf in group:
                     buf.copy_(flat[offset : offset + buf.numel()].view_as(buf))
                     offset += buf.numel()
+
+
+def regularizer_names(regularizers: Iterable[Any]) -> list[str]:
+    """A name per regularizer for the logs: its class (or function) name, ``#2``, ``#3``...
+    appended when several share one."""
+    names: list[str] = []
+    for r in regularizers:
+        base = type(r).__name__ if isinstance(r, nn.Module) else getattr(r, "__qualname__", type(r).__name__)
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}#{k}"
+        names.append(name)
+    return names
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from robustprune.attacks import AdversarialConfig
@@ -16,7 +16,8 @@ class EpochStats:
     """One epoch of :func:`fit` (``epoch`` counts from 1).
 
     ``loss`` is the mean total loss (task loss + regularizers) over the epoch's examples,
-    ``regularization`` the mean regularizer part; ``train_accuracy`` is measured on the
+    ``regularization`` the mean regularizer part and ``regularization_terms`` its terms
+    (regularizer name -> mean value, weights applied); ``train_accuracy`` is measured on the
     inputs trained on (adversarial ones under adversarial training, clean ones for
     TRADES); ``test_accuracy`` is clean accuracy on the test loader (None without one).
     """
@@ -28,6 +29,7 @@ class EpochStats:
     test_accuracy: float | None
     lr: float
     seconds: float
+    regularization_terms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
