@@ -11,8 +11,9 @@ iterations, Linf) two ways, alternating, ``--repeats`` times each:
 The ratio of the medians is the adapter's overhead (target: at most 1.05x); the two must
 report the same robust accuracy.
 
-    python benchmarks/bench_eval.py             # full (writes benchmarks/results/eval.md)
-    python benchmarks/bench_eval.py --quick     # a short run, printed only
+    python benchmarks/bench_eval.py             # full run, printed
+    python benchmarks/bench_eval.py --out benchmarks/results/eval.md   # and its section updated there
+    python benchmarks/bench_eval.py --quick     # a short run
 
 :func:`measure` returns the measured numbers (``benchmarks/run_speed.py`` calls it).
 """
@@ -174,9 +175,9 @@ def to_markdown(r: dict, command: str) -> str:
     ])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     cpu_main(__doc__, "bench_eval.py", measure, to_markdown, QUICK, FULL, "eval.md", "cpu-adapter-overhead",
-             "Evaluation benchmarks", "timed runs per side (>= 5)")
+             "Evaluation benchmarks", "timed runs per side (>= 5)", argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ backward, optimizer.step``. Every configuration is warmed up once, then the conf
 are timed round-robin, the order reversing every round (so that load from other processes
 hits all of them alike), ``--reps`` steps each; the table gives the median step time and its
 ratio to the plain step. :func:`measure` returns the rows (``benchmarks/run_speed.py`` calls it).
-Target (issue 3): every ratio at most 1.3x.
+Target: every ratio at most 1.3x.
 
     python benchmarks/bench_regularizers.py            # full (writes benchmarks/results/regularizers.md)
     python benchmarks/bench_regularizers.py --quick    # batch 32, 3 reps, printed only
@@ -102,7 +102,7 @@ def measure(
 
 def render(rows: list[dict[str, float | str]], command: str, env: str) -> str:
     lines = [
-        "## Regularizer cost (issue 3): one training step with vs. without the regularizer",
+        "## Regularizer cost: one training step with vs. without the regularizer",
         "",
         f"`{command}`",
         "",

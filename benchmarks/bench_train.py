@@ -4,8 +4,9 @@ One adversarial training epoch (PGD-10, Linf, random start) of the same model on
 data, timed side by side: ``fit`` and the hand-written loop alternate, each timed ``--repeats``
 times; the ratio of the medians is the overhead of ``fit`` (target: at most 1.10x).
 
-    python benchmarks/bench_train.py            # full (writes benchmarks/results/train.md)
-    python benchmarks/bench_train.py --quick    # a short run, printed only
+    python benchmarks/bench_train.py            # full run, printed
+    python benchmarks/bench_train.py --out benchmarks/results/train.md   # and its section updated there
+    python benchmarks/bench_train.py --quick    # a short run
 
 :func:`measure` returns the measured numbers (``benchmarks/run_speed.py`` calls it). This
 file also holds the timing helpers the other benchmark scripts share: :func:`timed`,
@@ -263,27 +264,32 @@ def to_markdown(r: dict, command: str) -> str:
 
 def cpu_main(
     doc: str, script: str, measure_fn: Any, to_markdown_fn: Any, quick: Any, full: Any,
-    results_file: str, section: str, title: str, repeats_help: str,
+    results_file: str, section: str, title: str, repeats_help: str, argv: list[str] | None = None,
 ) -> None:
-    """The command line shared by the single-benchmark CPU scripts: ``--quick`` (printed
-    only) or a full run whose markdown replaces ``section`` of ``results/<results_file>``."""
+    """The command line shared by the single-benchmark CPU scripts: a full or ``--quick`` run,
+    printed; with ``--out FILE`` its markdown also replaces ``section`` of FILE (the committed
+    results are ``benchmarks/results/<results_file>``: nothing is written there by default)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run; results are printed only")
+    parser.add_argument("--quick", action="store_true", help="short run")
     parser.add_argument("--repeats", type=int, default=None, help=repeats_help)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"also write the result into this markdown file (its '{section}' section), "
+                             f"e.g. benchmarks/results/{results_file}")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     repeats = args.repeats or (5 if args.quick else 9)
     result = measure_fn(quick if args.quick else full, repeats, "cpu")
     command = f"python benchmarks/{script}" + (" --quick" if args.quick else "")
     md = to_markdown_fn(result, command)
     print(md)
-    if not args.quick:
-        write_section(RESULTS / results_file, section, md, title)
+    if args.out is not None:
+        write_section(args.out, section, md, title)
+        print(f"written to {args.out}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     cpu_main(__doc__, "bench_train.py", measure, to_markdown, QUICK, FULL, "train.md", "cpu-pgd-at",
-             "Training benchmarks", "timed runs per loop (>= 5)")
+             "Training benchmarks", "timed runs per loop (>= 5)", argv)
 
 
 if __name__ == "__main__":

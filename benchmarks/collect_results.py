@@ -19,12 +19,12 @@ HERE = Path(__file__).resolve().parent
 
 #: (part title, result files in order)
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Quality: ε-pruning against baselines at matched MACs (issue 7, items 1-3)", ("quality.md",)),
-    ("Paper reproduction (issue 7, items 4-6)", ("paper.md",)),
-    ("Speed, all benchmarks side by side (issue 7, items 7-8): CPU, then the same on an H100", ("speed.md", "speed-cuda.md")),
-    ("Recipe runs (issue 6; the CIFAR recipe on an H100 for issue 7, item 8)", ("digits-cnn.md", "digits-fcn-nnr.md", "cifar10-gpu.md")),
+    ("Quality: ε-pruning against baselines at matched MACs", ("quality.md",)),
+    ("Paper reproduction", ("paper.md",)),
+    ("Speed, all benchmarks side by side: CPU, then the same on an H100", ("speed.md", "speed-cuda.md")),
+    ("Recipe runs (and the CIFAR recipe on an H100)", ("digits-cnn.md", "digits-fcn-nnr.md", "cifar10-gpu.md")),
     (
-        "Component benchmarks (issues 3-5): full detail",
+        "Component benchmarks: full detail",
         ("prune.md", "regularizers.md", "train.md", "eval.md"),
     ),
 )

@@ -16,7 +16,7 @@ import torch
 
 from robustprune.report.stats import BETTER, PairedDifference, paired_difference
 
-#: the quality aims of the issue, checked and reported (never tuned to)
+#: the quality aims of the project, checked and reported (never tuned to)
 AIM_OF_DENSE = {0.25: 0.97, 0.1: 0.90}  # framing (a): robust accuracy kept, fraction of dense
 AIM_VS_SCRATCH = 0.02  # framing (b): beat scratch by this much (robust accuracy)
 AIM_VS_DEFAULT = {0.25: 0.05, 0.1: 0.08}  # framing (b): beat the default pipeline by this much

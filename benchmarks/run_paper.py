@@ -1,4 +1,4 @@
-"""Paper reproductions on CPU with the embedded digits data (issue 7, items 4-6).
+"""Paper reproductions on CPU with the embedded digits data.
 
 The paper ("On the Interaction of Compressibility and Adversarial Robustness", ICLR 2026)
 predicts that structured compressibility (low rank, few dominant rows) raises operator

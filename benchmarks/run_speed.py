@@ -1,4 +1,4 @@
-"""All speed benchmarks of issue 7 in one run and one table; every ratio measured side by side.
+"""All speed benchmarks of robustprune in one run and one table; every ratio measured side by side.
 
 Each measurement times our code and its reference in the same process, interleaved (A B,
 B A, A B, ... after a warm-up round, so that a change of machine load hits both alike), and
@@ -554,7 +554,7 @@ _MEASURE: dict[str, Callable[[Sizes, torch.device, Log | None], Measured]] = {
 def render(sections: Sequence[Section], meta: Mapping[str, Any]) -> str:
     """The markdown report: one table of every row, then the details of each measurement."""
     lines = [
-        "## Speed benchmarks (issue 7)" + (" — DRY RUN, tiny models: numbers are meaningless"
+        "## Speed benchmarks" + (" — DRY RUN, tiny models: numbers are meaningless"
                                            if meta["mode"] == "dry run" else ""),
         "",
         f"Command: `{meta['command']}`  ",
