@@ -117,7 +117,7 @@ BAD_VALUES = [
     ("train.optimizer=sgdd", "train.optimizer", "'sgd'"),
     ("train.scheduler=cosin", "train.scheduler", "'cosine'"),
     ("train.amp=maybe", "train.amp", "'bf16'"),
-    ("train.adversarial={eps=2.0}", "train.adversarial.eps", "<= 1"),
+    ("train.adversarial={eps=2.0}", "train.adversarial.eps", "in [0, 1]"),
     ("train.adversarial={eps=0.1,kind=\"pdg\"}", "train.adversarial.kind", "'pgd'"),
     ("train.adversarial={eps=0.1,norm=\"L1\"}", "train.adversarial.norm", "'Linf'"),
     ("train.regularizers=[{kind=\"betta\",weight=1.0}]", "train.regularizers[0].kind", "'beta'"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 from torch import nn
-from tqdm.auto import tqdm
+from robustprune._progress import bar
 
 from robustprune.analysis._data import layer_inputs
 from robustprune.analysis._network import op_lipschitz
@@ -96,7 +96,7 @@ def pair_alignments(ctx: PairContext, pairs: list[Pair], *, progress: bool = Fal
     """:func:`pair_alignment` of every pair (the input cache is cleared afterwards)."""
     alignments: Alignments = {}
     reasons: Reasons = {}
-    for pair in tqdm(pairs, desc="analyze: alignment", disable=None if progress else True):
+    for pair in bar(pairs, desc="analyze: alignment", enabled=progress):
         alignments[(pair.a, pair.b)], reasons[(pair.a, pair.b)] = pair_alignment(ctx, pair.a, pair.b)
     ctx.cache.clear()
     return alignments, reasons

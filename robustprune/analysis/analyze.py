@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from robustprune._progress import bar
 
 from robustprune.analysis._checks import (
     DEFAULT_DELTA,
@@ -140,7 +140,7 @@ def analyze(
     mode = "data" if x is not None else "identity"
     base_rows = {
         name: _layer_metrics(name, layer, shapes.get(name), s, is_head=head == name)
-        for name, layer in tqdm(layers, desc="analyze: layers", disable=None if s.progress else True)
+        for name, layer in bar(layers, desc="analyze: layers", enabled=s.progress)
     }
     batch = x if x is not None else example[:1]
     graph, alignments, reasons = _alignments(folded, base_rows, shapes, mode, batch, s, notes)

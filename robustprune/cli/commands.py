@@ -99,6 +99,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         delta=delta,
         max_samples=max(1, args.n_examples),
         device=args.device,
+        progress=not args.no_progress,
     )
     _print_report(report, args.format)
     return 0
@@ -140,7 +141,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         report, fit_dict = _prune_and_finetune(model, meta, args, kwargs)
     else:
         with torch.enable_grad():
-            report = prune(model, **kwargs)  # example inputs inferred from the checkpoint's model
+            report = prune(model, progress=not args.no_progress, **kwargs)  # example inputs inferred from the model
         fit_dict = None
     out = Path(args.out)
     source = args.checkpoint or args.weights or args.model
@@ -182,7 +183,7 @@ def _prune_and_finetune(model: Any, meta: dict[str, Any], args: argparse.Namespa
                                    schedule=Schedule(kind="iterative", steps=args.steps, restart=args.restart))
     else:
         with torch.enable_grad():
-            report = prune(model, **kwargs)
+            report = prune(model, progress=not args.no_progress, **kwargs)
     if distill is not None:
         distill.teacher.to(distributed.resolve_device(args.device or "auto"))
     result = fit(model, loaders, cfg, device=args.device or "auto", pruning=pruning, distill=distill)

@@ -104,6 +104,7 @@ def _add_analyze(sub: Any) -> None:
     p.add_argument("--conv-norm", choices=CONV_NORMS, default="matricized")
     p.add_argument("--n-examples", type=integer(0), default=256, help="test examples for data-mode alignment and the audit (0: none)")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    p.add_argument("--no-progress", action="store_true", help="no progress (bars on a terminal, one line per step elsewhere)")
     _add_threads(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -125,6 +126,7 @@ def _add_prune(sub: Any) -> None:
     p.add_argument("--round-to", type=integer(1), default=None, help="round kept channels up to a multiple of this")
     p.add_argument("--out", required=True, metavar="OUT", help="output checkpoint path")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    p.add_argument("--no-progress", action="store_true", help="no progress (bars on a terminal, one line per step elsewhere)")
     _add_finetune(p)
     _add_threads(p)
     p.set_defaults(func=cmd_prune)
@@ -215,6 +217,6 @@ def _add_list(sub: Any) -> None:
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=integer(1), default=None, metavar="N",
-        help="CPU threads for PyTorch (default: PyTorch's choice); small models on a busy "
-        "machine run fastest with --threads 1",
+        help="CPU threads for PyTorch (default: half the CPUs this process may use, at most 4; "
+        "see benchmarks/results/threads.md)",
     )

@@ -106,7 +106,7 @@ class DataConfig:
     test_batch_size: int | None = None
     root: str | None = None
     download: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None  # None: 0 for in-memory datasets, else half the CPUs, at most 4
     validation: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -115,7 +115,7 @@ class DataConfig:
         check_number("validation", self.validation, 0, 1, high_open=True)
         check_int("batch_size", self.batch_size, 1)
         check_int("test_batch_size", self.test_batch_size, 1, optional=True)
-        check_int("num_workers", self.num_workers, 0)
+        check_int("num_workers", self.num_workers, 0, optional=True)
 
     @staticmethod
     def option_names(fields: Mapping[str, Any]) -> list[str] | None:
