@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from badinput import assert_unchanged, snapshot
 from torch import nn
 
-from badinput import assert_unchanged, snapshot
 from robustprune.errors import ModelNotSupportedError, RobustPruneError
 from robustprune.pruners import count_macs_params, prune
 
