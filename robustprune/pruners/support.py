@@ -3,7 +3,8 @@
 :func:`check_prunable_model` refuses, with a :class:`ModelNotSupportedError` that says what
 to do, models whose parameters live on the meta device (no values to score or keep),
 channel pruning of recurrent layers torch-pruning 1.6.1 has no rule for (``nn.GRU``,
-``nn.RNN``), and channel pruning of tied weights (one Parameter shared by two modules:
+``nn.RNN``) or of torchvision's shifted-window (Swin) attention, whose dependency graph
+torch-pruning enumerates without bound, and channel pruning of tied weights (one Parameter shared by two modules:
 torch-pruning resizes each module on its own and would silently break the tie).
 :func:`tied_parameters` lists the ties; :func:`torch_pruning_failures` turns any exception
 escaping torch-pruning while planning into a :class:`ModelNotSupportedError` naming the
@@ -28,6 +29,11 @@ __all__ = ["check_prunable_model", "tied_parameters", "torch_pruning_failures", 
 _NO_RULE: tuple[type[nn.Module], ...] = (nn.GRU, nn.RNN, nn.GRUCell, nn.RNNCell, nn.LSTMCell)
 
 
+#: modules whose dependency groups torch-pruning 1.6.1 enumerates without bound (by class
+#: name: torchvision's Swin attention), refused before tracing
+_UNBOUNDED = frozenset({"ShiftedWindowAttention", "ShiftedWindowAttentionV2"})
+
+
 def check_prunable_model(model: nn.Module, *, channels: bool) -> None:
     """Refuse a model the pruner cannot handle (see the module docstring); ``channels``:
     the checks of channel pruning (recurrent layers, tied weights) apply too."""
@@ -46,6 +52,12 @@ def check_prunable_model(model: nn.Module, *, channels: bool) -> None:
                 f"Cannot channel-prune '{name}' ({type(m).__name__}): torch-pruning 1.6.1 has no rule "
                 "for this recurrent layer (nn.LSTM is supported). Use method='spectral', which only "
                 "factorizes Linear and Conv2d layers, or replace the layer by an nn.LSTM."
+            )
+        if type(m).__name__ in _UNBOUNDED:
+            raise ModelNotSupportedError(
+                f"Cannot channel-prune '{name}' ({type(m).__name__}): torch-pruning 1.6.1's dependency "
+                "graph of shifted-window attention grows without bound (it exhausts memory). Use "
+                "method='spectral', or prune a model without Swin blocks."
             )
     ties = tied_parameters(model)
     if ties:
