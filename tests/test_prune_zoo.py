@@ -224,6 +224,10 @@ def test_zoo_model_at_target_macs_one_is_left_unpruned(name):
     model = build().eval()
     x = torch.rand(shape)
     before = snapshot(model)
-    report = prune(model, target_macs=1.0, example_inputs=x)
+    try:
+        report = prune(model, target_macs=1.0, example_inputs=x)
+    except ModelNotSupportedError:  # a model torch-pruning cannot plan (e.g. timm's MixerBlock)
+        assert_unchanged(model, before)
+        return
     assert report.macs_kept == 1.0 and all(r.kept == r.total for r in report.rows)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.state.items()}
