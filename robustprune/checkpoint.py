@@ -92,11 +92,7 @@ def save_pruned(
         "meta": _plain(dict(meta or {}), "meta"),
         "versions": _versions(),
     }
-    path = _writable_path(path)
-    try:
-        return atomic_torch_save(payload, path)
-    except OSError as exc:
-        raise CheckpointError(f"Cannot write the checkpoint '{path}' ({type(exc).__name__}: {exc.strerror or exc}).") from exc
+    return atomic_torch_save(payload, _writable_path(path))
 
 
 def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> nn.Module:
