@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from robustprune._io import atomic_torch_save
-from robustprune.errors import InvalidArgumentError, RobustPruneError
-from robustprune.models import create_model, model_spec
+from robustprune.errors import InvalidArgumentError, RobustPruneError, UnknownNameError
+from robustprune.models import create_model, list_models, model_spec
+from robustprune.pruners._checks import first_line, is_int
+from robustprune.pruners.history import check_history, replay_history
 
 __all__ = ["save_pruned", "load_pruned", "CheckpointError", "FORMAT", "FORMAT_VERSION"]
 
@@ -67,8 +69,7 @@ def save_pruned(
                 "arch_kwargs={...}."
             )
         arch = spec.name
-    if not isinstance(arch, str):
-        raise InvalidArgumentError(f"arch must be a model registry name (str), got {type(arch).__name__}.")
+    _check_arch(arch)
     input_shape = None
     if spec is not None and spec.name == arch:
         input_shape = list(spec.input_shape) if spec.input_shape else None
@@ -91,9 +92,7 @@ def save_pruned(
         "meta": _plain(dict(meta or {}), "meta"),
         "versions": _versions(),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_torch_save(payload, path)
+    return atomic_torch_save(payload, _writable_path(path))
 
 
 def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> nn.Module:
@@ -114,34 +113,152 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device |
         ) from exc
     if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a robustprune pruned-model checkpoint (written by save_pruned).")
-    if int(payload.get("version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"'{path}' uses checkpoint format {payload['version']}; this robustprune reads up to "
-            f"{FORMAT_VERSION}. Upgrade robustprune."
-        )
-    from robustprune.pruners.history import replay_history
-
-    kwargs = dict(payload.get("arch_kwargs") or {})
-    shape = payload.get("input_shape")
+    fields = _checked_payload(payload, path)
+    arch = fields["arch"]
     try:
-        model = create_model(payload["arch"], input_shape=tuple(shape) if shape else None, **kwargs)
+        model = create_model(arch, input_shape=fields["input_shape"], **fields["arch_kwargs"])
+    except Exception as exc:
+        raise CheckpointError(
+            f"Cannot rebuild the model saved in '{path}' from arch={arch!r} and its arch_kwargs "
+            f"({type(exc).__name__}: {first_line(exc)})."
+        ) from exc
+    try:
         model = model.to(map_location) if map_location is not None else model
-        replay_history(model, payload.get("history") or [])
-    except RobustPruneError as exc:
-        raise CheckpointError(f"Cannot rebuild the model saved in '{path}': {exc}") from exc
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
+        replay_history(model, fields["history"])
+    except Exception as exc:
         raise CheckpointError(
-            f"The weights in '{path}' do not fit the rebuilt '{payload['arch']}' ({str(exc).splitlines()[0]}); "
+            f"Cannot replay the pruning history saved in '{path}' on '{arch}' (history: {first_line(exc)})."
+        ) from exc
+    _check_state_fits(model, fields["state_dict"], path, arch)
+    try:
+        model.load_state_dict(fields["state_dict"], strict=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"The weights in '{path}' do not fit the rebuilt '{arch}' (state_dict: {first_line(exc)}); "
             "the checkpoint's architecture arguments or pruning history are inconsistent."
         ) from exc
-    model.train(bool(payload.get("training", False)))
-    model.robustprune_meta = dict(payload.get("meta") or {})
+    model.train(fields["training"])
+    model.robustprune_meta = fields["meta"]
     return model
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_arch(arch: Any) -> None:
+    """``arch`` names an architecture :func:`create_model` can build (checked at save time,
+    so that no unloadable checkpoint is ever written)."""
+    if not isinstance(arch, str) or not arch:
+        raise InvalidArgumentError(f"arch must be a model registry name (str), got {arch!r}.", argument="arch")
+    if arch in list_models() or _passthrough_exists(arch):
+        return
+    raise UnknownNameError(
+        f"save_pruned(arch={arch!r}): no such architecture, so the checkpoint could never be loaded. "
+        "Register it first (@robustprune.models.register_model on a function (num_classes, input_shape, "
+        "**kw) -> nn.Module), or use 'timm:<name>' / 'torchvision:<name>'; registered: "
+        f"{', '.join(list_models())}."
+    )
+
+
+def _passthrough_exists(arch: str) -> bool:
+    prefix, _, name = arch.partition(":")
+    try:
+        if prefix == "timm":
+            import timm
+
+            return bool(name) and timm.is_model(name)
+        if prefix == "torchvision":
+            import torchvision
+
+            return name in torchvision.models.list_models()
+    except ImportError:
+        return False
+    return False
+
+
+def _writable_path(path: Any) -> Path:
+    """The checkpoint's destination: a file path (not a directory) whose parent can be made."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"path must be a file path, got {type(path).__name__}.", argument="path")
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"'{path}' is a directory; give a file path for the checkpoint, e.g. '{path / 'pruned.pt'}'.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"Cannot create the directory '{path.parent}' for the checkpoint ({type(exc).__name__}: "
+            f"{exc.strerror or exc})."
+        ) from exc
+    if not os.access(path.parent, os.W_OK):
+        raise CheckpointError(f"Cannot write the checkpoint '{path}': '{path.parent}' is not writable.")
+    return path
+
+
+def _checked_payload(payload: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The fields of a loaded checkpoint, each checked; a :class:`CheckpointError` naming
+    the first bad field otherwise."""
+
+    def bad(field: str, expected: str) -> CheckpointError:
+        value = payload.get(field)
+        return CheckpointError(
+            f"'{path}' is a malformed robustprune checkpoint: field '{field}' should be {expected}, "
+            f"got {type(value).__name__}{'' if value is None else ' ' + repr(value)[:60]}."
+        )
+
+    version = payload.get("version")
+    if not is_int(version) or version < 1:
+        raise bad("version", "a positive integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{path}' uses checkpoint format {version}; this robustprune reads up to {FORMAT_VERSION}. "
+            "Upgrade robustprune."
+        )
+    arch = payload.get("arch")
+    if not isinstance(arch, str) or not arch:
+        raise bad("arch", "a model registry name (str)")
+    kwargs = payload.get("arch_kwargs")
+    if kwargs is not None and not (isinstance(kwargs, Mapping) and all(isinstance(k, str) for k in kwargs)):
+        raise bad("arch_kwargs", "a dict with str keys")
+    shape = payload.get("input_shape")
+    if shape is not None and not (
+        isinstance(shape, (list, tuple)) and shape and all(is_int(s) and s > 0 for s in shape)
+    ):
+        raise bad("input_shape", "a list of positive integers or None")
+    state = payload.get("state_dict")
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise bad("state_dict", "a dict of tensors")
+    meta = payload.get("meta")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise bad("meta", "a dict")
+    training = payload.get("training", False)
+    if not isinstance(training, bool):
+        raise bad("training", "a bool")
+    history = payload.get("history") or []
+    try:
+        history = check_history(history)
+    except InvalidArgumentError as exc:
+        raise CheckpointError(f"'{path}' is a malformed robustprune checkpoint: {exc}") from exc
+    return {
+        "arch": arch, "arch_kwargs": dict(kwargs or {}), "input_shape": tuple(shape) if shape else None,
+        "state_dict": state, "meta": dict(meta or {}), "training": training, "history": history,
+    }
+
+
+def _check_state_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch: str) -> None:
+    """Every tensor of ``state`` has the shape of the rebuilt model's (before loading any)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (
+            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+            else f"'{wrong[0]}' is {tuple(state[wrong[0]].shape)}, the model's is {tuple(own[wrong[0]].shape)}"
+        )
+        raise CheckpointError(
+            f"The weights in '{path}' do not fit the rebuilt '{arch}' (state_dict: {detail}); the "
+            "checkpoint's architecture arguments or pruning history are inconsistent."
+        )
 
 
 def _plain(value: Any, where: str) -> Any:

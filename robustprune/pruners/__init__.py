@@ -11,7 +11,8 @@ rules.py (how many channels each group keeps), importance.py (channel scores -> 
 ``IMPORTANCES``), adversarial.py (checked data and attacks for robustness-aware scoring),
 sensitivity.py (adversarial-loss sensitivity of each group and the allocation it implies),
 prefix.py (reusing the unchanged start of a forward), groups.py / tracing.py / surgery.py /
-attention.py (the channel machinery), counting.py (MACs/params), search.py (target MACs),
+attention.py (the channel machinery), support.py (models refused before tracing: meta
+tensors, GRU/RNN, Swin attention, tied weights), counting.py (MACs/params), search.py (target MACs),
 spectral.py + factorize.py (low rank), history.py (recorded steps and their replay), _tp.py
 (every use of torch-pruning), epsilon.py, baselines.py and sensitivity_pruner.py (the public
 channel pruners).
@@ -108,10 +109,14 @@ def prune(
 
     Args:
         model: the model; its train/eval mode and ``requires_grad`` flags are kept, and it
-            is either fully pruned or, on any error, left unchanged.
+            is either fully pruned or, on any error, left unchanged. Models on the meta
+            device are refused, and so is channel pruning of GRU/RNN layers, Swin attention
+            and tied weights (:class:`~robustprune.errors.ModelNotSupportedError`); a model
+            with no prunable layer gives an empty report and a ``UserWarning``.
         eps: per-group relative residual in (0, 1) (``"epsilon"``, ``"spectral"``), a float
             or ``{module-name-glob: ε}``.
-        target_macs: instead of ``eps``/``ratio``, the fraction of the original MACs to keep.
+        target_macs: instead of ``eps``/``ratio``, the fraction of the original MACs to keep
+            (``1.0`` leaves the model unpruned).
         example_inputs: a batch the model accepts; inferred when omitted for models from
             :func:`robustprune.models.create_model`, timm and torchvision classifiers, and
             models whose first layer is a Linear.

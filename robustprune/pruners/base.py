@@ -23,6 +23,7 @@ from robustprune.errors import InvalidArgumentError
 from robustprune.pruners._checks import check_fraction, check_ignored, ignored_names
 from robustprune.pruners.history import record_step
 from robustprune.pruners.plan import Plan, PruningReport, format_value
+from robustprune.pruners.support import check_prunable_model
 
 __all__ = ["Pruner"]
 
@@ -99,6 +100,7 @@ class Pruner(abc.ABC):
     def _resolve_inputs(self, model: nn.Module, example_inputs: Inputs | None) -> Inputs:
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        check_prunable_model(model, channels=self.kind == "channels")
         return resolve_example_inputs(model, example_inputs)
 
     def _ignored_names(self, model: nn.Module) -> list[str]:

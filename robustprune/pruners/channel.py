@@ -45,6 +45,7 @@ from robustprune.pruners.importance import ImportanceLike, check_importance
 from robustprune.pruners.plan import GroupPlan, Plan, PruningReport
 from robustprune.pruners.rules import PlanContext, Rule
 from robustprune.pruners.search import solve_target_macs
+from robustprune.pruners.support import torch_pruning_failures, warn_nothing_prunable
 from robustprune.pruners.surgery import (
     check_plan_matches,
     diagnose,
@@ -144,7 +145,10 @@ class ChannelPruner(Pruner):
         ignored = self._ignored_names(model)
         trace = trace_model(model, inputs)
         measured = _prepared(self.importance, model)
-        groups = collect_groups(trace.clone, trace.graph, ignored, self.importance)
+        with torch_pruning_failures(model):
+            groups = collect_groups(trace.clone, trace.graph, ignored, self.importance)
+        if not groups:
+            warn_nothing_prunable(model)
         rule = self.rule
 
         def counts_fraction(counts: Sequence[int | None]) -> float:
@@ -159,19 +163,11 @@ class ChannelPruner(Pruner):
         macs_planned = None
         if self.target_macs is None:
             strength = rule.strength
+            counts = self._final_counts(groups, rule.keep_counts(groups, strength))
         else:
-            def kept_fraction(s: float) -> float:
-                return counts_fraction(rule.keep_counts(groups, s))
-
-            strength, fraction = solve_target_macs(
-                rule.breakpoints(groups), kept_fraction, target=self.target_macs,
-                tolerance=self.macs_tolerance, pruner=type(self).__name__, method=self.method,
-                progress=self.progress,
-            )
-            macs_planned = int(round(fraction * trace.macs))
+            strength, macs_planned, counts = self._solve(model, groups, counts_fraction, trace.macs)
             if rule.solves is not None:
                 setting[rule.solves] = float(strength)
-        counts = self._final_counts(groups, rule.keep_counts(groups, strength))
         setting["ignored_layers"] = ignored
         setting["example_input_shape"] = shape_list(inputs)
         plan = Plan(
@@ -227,6 +223,26 @@ class ChannelPruner(Pruner):
         return self._finish(model, plan, step, macs_after=macs_after, params_after=params_after, start=start)
 
     # helpers --------------------------------------------------------------------------
+
+    def _solve(
+        self, model: nn.Module, groups: Sequence[Group], counts_fraction: Any, macs: int
+    ) -> tuple[float, int, list[int]]:
+        """``(strength, planned MACs, counts)`` keeping ``target_macs`` of the MACs;
+        ``target_macs=1`` keeps every unit (strength 0: the model is left unpruned)."""
+        rule = self.rule
+        if self.target_macs >= 1 or not groups:
+            return 0.0, macs, [g.total for g in groups]
+
+        def kept_fraction(s: float) -> float:
+            return counts_fraction(rule.keep_counts(groups, s))
+
+        with torch_pruning_failures(model):
+            strength, fraction = solve_target_macs(
+                rule.breakpoints(groups), kept_fraction, target=self.target_macs,
+                tolerance=self.macs_tolerance, pruner=type(self).__name__, method=self.method,
+                progress=self.progress,
+            )
+        return strength, int(round(fraction * macs)), self._final_counts(groups, rule.keep_counts(groups, strength))
 
     def _final_counts(self, groups: Sequence[Group], counts: Sequence[int | None]) -> list[int]:
         """The rule's counts raised to ``min_keep`` (never 0) and rounded up to ``round_to``

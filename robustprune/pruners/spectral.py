@@ -42,6 +42,7 @@ from robustprune.pruners.history import replay_spectral_step, spectral_step
 from robustprune.pruners.plan import GroupPlan, Plan, PruningReport
 from robustprune.pruners.rules import residual_breakpoints
 from robustprune.pruners.search import solve_target_macs
+from robustprune.pruners.support import tied_parameters
 
 # factorized_layer and replay_spectral_step are re-exported from their modules
 __all__ = ["SpectralPruner", "factorized_layer", "replay_spectral_step"]
@@ -100,6 +101,8 @@ class SpectralPruner(Pruner):
         macs_planned = None
         if self.target_macs is None:
             eps = self.eps
+        elif self.target_macs >= 1 or not layers:  # keep every MAC: nothing is factorized
+            eps, macs_planned = 0.0, macs
         else:
             def kept_fraction(e: float) -> float:
                 ranks = self._ranks(model, layers, e)
@@ -111,7 +114,10 @@ class SpectralPruner(Pruner):
                 method=self.method, progress=self.progress,
             )
             macs_planned = int(round(fraction * macs))
-        groups = tuple(self._group_plan(model, layer, eps) for layer in layers)
+        groups = tuple(
+            self._group_plan(model, layer, eps) if eps else _dense(layer, "target_macs=1: kept dense")
+            for layer in layers
+        )
         setting = {**self.settings(), "ignored_layers": ignored, "example_input_shape": shape_list(inputs)}
         if self.target_macs is not None:
             setting["eps"] = float(eps)
@@ -167,8 +173,11 @@ class SpectralPruner(Pruner):
         skip = set(ignored)
         candidates = []
         lowrank = [n for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
+        tied = {n.rpartition(".")[0] for names in tied_parameters(model) for n in names}
         for name, m in model.named_modules():
             if name in skip or any(name.startswith(p + ".") for p in (*skip, *lowrank)):
+                continue
+            if name in tied:  # factorizing one side would untie it
                 continue
             if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1):
                 if isinstance(self.eps, Mapping) and match_eps(self.eps, (name,)) is None:
@@ -207,6 +216,11 @@ class SpectralPruner(Pruner):
                          target, f"kept dense: rank {r} saves no parameters")
 
 
+def _dense(layer: _Layer, note: str) -> GroupPlan:
+    full = int(layer.sigma.numel())
+    return GroupPlan(layer.name, (layer.name,), full, tuple(range(full)), 0.0, 0.0, None, note)
+
+
 def _factorized(g: GroupPlan) -> bool:
     return g.kept < g.total and not g.note
 
@@ -237,16 +251,15 @@ def _replace_all(model: nn.Module, replacements: Mapping[str, nn.Module]) -> Non
 
 def _factorized_count(model: nn.Module, inputs: Inputs, ranks: Mapping[str, int]) -> tuple[int, int, Any]:
     """Count the model with the given layers factorized (structure only), on a meta clone."""
-    clone, _ = structural_clone(model, meta=True)
+    meta = prefer_meta(model, inputs)
+    # small model: real arithmetic on aliased weights (and the real buffers, e.g. index
+    # tables) with zero factors is cheaper than meta dispatch
+    clone, _ = structural_clone(model, meta=meta)
     for name, rank in ranks.items():
         layer = clone.get_submodule(name)
         parent, attr = get_submodule_parent(clone, name)
-        setattr(parent, attr, factorized_layer(layer, rank, device="meta"))
-    if prefer_meta(model, inputs):
-        run = to_meta(inputs)
-    else:  # small model: real arithmetic on zero weights is cheaper than meta dispatch
-        clone = clone.to_empty(device=_device_of(model))
-        run = inputs
+        setattr(parent, attr, factorized_layer(layer, rank, device="meta" if meta else _device_of(model)))
+    run = to_meta(inputs) if meta else inputs
     with torch.no_grad():
         out, macs, params = counted_forward(clone, run, shape_only=run is not inputs)
     return macs, params, output_signature(out)
