@@ -26,6 +26,7 @@ from torch import nn
 from robustprune._io import atomic_torch_save
 from robustprune.errors import InvalidArgumentError, RobustPruneError, UnknownNameError
 from robustprune.models import create_model, list_models, model_spec
+from robustprune.models.passthrough import suggest_passthrough
 from robustprune.pruners._checks import first_line, is_int
 from robustprune.pruners.history import check_history, replay_history
 
@@ -63,10 +64,13 @@ def save_pruned(
     spec = model_spec(model)
     if arch is None:
         if spec is None:
+            hint = suggest_passthrough(model)
+            how = (f"arch={hint[0]!r}, arch_kwargs={ {k: v for k, v in hint[1].items() if v is not None} } (a pruned "
+                   "model too: its history replays the pruning)" if hint else "arch='<registry name>' and arch_kwargs={...}")
             raise InvalidArgumentError(
                 f"save_pruned cannot tell how to rebuild this {type(model).__name__}: it was not "
-                "created by robustprune.models.create_model. Pass arch='<registry name>' and "
-                "arch_kwargs={...}."
+                f"created by robustprune.models.create_model. Pass {how}, or build it with "
+                "create_model (or register_model a builder) next time."
             )
         arch = spec.name
     _check_arch(arch)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 from torch import nn
-from robustprune._progress import bar
 
+from robustprune._progress import bar
 from robustprune.analysis._data import layer_inputs
 from robustprune.analysis._network import op_lipschitz
 from robustprune.analysis.report import fmt, p_label

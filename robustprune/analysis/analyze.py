@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from robustprune._progress import bar
 
+from robustprune._progress import bar
 from robustprune.analysis._checks import (
     DEFAULT_DELTA,
     Settings,

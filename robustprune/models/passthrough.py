@@ -17,7 +17,7 @@ from torch import nn
 from robustprune.errors import UnknownNameError
 from robustprune.models.weights import pretrained_passthrough
 
-__all__ = ["PREFIXES", "create_passthrough", "list_passthrough"]
+__all__ = ["PREFIXES", "create_passthrough", "list_passthrough", "suggest_passthrough"]
 
 #: the name prefixes that pass through to another library
 PREFIXES = ("timm:", "torchvision:")
@@ -42,6 +42,36 @@ def create_passthrough(
     else:
         model = _torchvision_pretrained(arch, weights, num_classes, extra)
     return model, tuple(input_shape or (3, 224, 224))
+
+
+def suggest_passthrough(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """The ``timm:``/``torchvision:`` name (and ``num_classes``) that rebuilds a model of
+    ``model``'s architecture, for a model those libraries built directly; None otherwise.
+    timm records its architecture in ``pretrained_cfg``; for torchvision, the builders of
+    the model's module whose model (built on the meta device) has the same class and the
+    same number of modules (channel pruning changes widths, not the modules)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture"):
+        return f"timm:{cfg['architecture']}", {"num_classes": int(getattr(model, "num_classes", 0) or 0) or None}
+    module = type(model).__module__
+    if not module.startswith("torchvision.models"):
+        return None
+    import torch
+    import torchvision
+
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    classes = heads[-1].out_features if heads else 1000
+    count = len(list(model.modules()))
+    names = [n for n in torchvision.models.list_models() if torchvision.models.get_model_builder(n).__module__ == module]
+    for name in names:
+        try:
+            with torch.device("meta"):
+                candidate = torchvision.models.get_model(name, weights=None, num_classes=classes)
+        except Exception:  # a builder with other required arguments: not a candidate
+            continue
+        if type(candidate) is type(model) and len(list(candidate.modules())) == count:
+            return f"torchvision:{name}", {"num_classes": classes}
+    return None
 
 
 def list_passthrough(pattern: str) -> list[str]:

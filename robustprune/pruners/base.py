@@ -92,9 +92,12 @@ class Pruner(abc.ABC):
     ) -> PruningReport:
         """Append ``step`` to ``model.robustprune_history`` (what ``save_pruned`` replays) and
         build the report of an applied plan."""
-        record_step(model, step)
+        earlier = list(getattr(model, "robustprune_history", []) or [])
+        original = earlier[0].get("macs_before") if earlier else plan.macs_before
+        record_step(model, {**step, "macs_before": int(plan.macs_before), "macs_after": int(macs_after)})
         return PruningReport.from_plan(
-            plan, macs_after=macs_after, params_after=params_after, seconds=time.perf_counter() - start
+            plan, macs_after=macs_after, params_after=params_after, seconds=time.perf_counter() - start,
+            macs_original=None if original is None else int(original),
         )
 
     def _resolve_inputs(self, model: nn.Module, example_inputs: Inputs | None) -> Inputs:

@@ -128,9 +128,13 @@ class PruningReport:
     params_before: int
     params_after: int
     seconds: float = 0.0
+    #: the MACs of the model before its first pruning step (``robustprune_history``); equal to
+    #: ``macs_before`` for a first prune, None when an older history did not record it
+    macs_original: int | None = None
 
     @classmethod
-    def from_plan(cls, plan: Plan, *, macs_after: int, params_after: int, seconds: float) -> PruningReport:
+    def from_plan(cls, plan: Plan, *, macs_after: int, params_after: int, seconds: float,
+                  macs_original: int | None = None) -> PruningReport:
         """The report of an applied ``plan``: one row per group, counts before and after."""
         return cls(
             method=plan.method,
@@ -141,12 +145,19 @@ class PruningReport:
             params_before=plan.params_before,
             params_after=params_after,
             seconds=seconds,
+            macs_original=macs_original,
         )
 
     @property
     def macs_kept(self) -> float:
         """``macs_after / macs_before``."""
         return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def macs_kept_of_original(self) -> float | None:
+        """``macs_after / macs_original``: what is left of the unpruned model after
+        repeated ``prune`` calls (each one prunes the current model); None if unknown."""
+        return self.macs_after / self.macs_original if self.macs_original else None
 
     @property
     def params_kept(self) -> float:
@@ -161,6 +172,8 @@ class PruningReport:
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "macs_kept": self.macs_kept,
+            "macs_original": self.macs_original,
+            "macs_kept_of_original": self.macs_kept_of_original,
             "params_before": self.params_before,
             "params_after": self.params_after,
             "params_kept": self.params_kept,
@@ -172,9 +185,11 @@ class PruningReport:
         setting = ", ".join(
             f"{k}={format_value(v)}" for k, v in self.setting.items() if v is not None and k != "ignored_layers"
         )
+        again = self.macs_original is not None and self.macs_original != self.macs_before
+        of_original = f"; {self.macs_kept_of_original:.1%} of the original {_human(self.macs_original)}" if again else ""
         return (
             f"{self.method} pruning ({setting})\n"
-            f"MACs {_human(self.macs_before)} -> {_human(self.macs_after)} ({self.macs_kept:.1%}), "
+            f"MACs {_human(self.macs_before)} -> {_human(self.macs_after)} ({self.macs_kept:.1%}{of_original}), "
             f"params {_human(self.params_before)} -> {_human(self.params_after)} ({self.params_kept:.1%})"
         )
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from tqdm.auto import tqdm
-
+from robustprune._progress import bar as progress_bar
 from robustprune.errors import PruningError
 
 __all__ = ["solve_target_macs"]
@@ -40,7 +39,7 @@ def solve_target_macs(
     ``tolerance``. ``pruner`` (a class name) and ``method`` label messages and the progress
     bar."""
     cache: dict[int, float] = {}
-    bar = tqdm(desc=f"{method}: solving target_macs={target:g}", unit="eval", disable=not progress, leave=False)
+    bar = progress_bar(desc=f"{method}: solving target_macs={target:g}", unit="eval", enabled=progress, leave=False)
 
     def f(i: int) -> float:
         if i not in cache:

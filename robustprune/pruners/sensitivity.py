@@ -47,10 +47,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from robustprune import distributed
 from robustprune._inputs import Inputs
+from robustprune._progress import bar as progress_bar
 from robustprune.attacks import AdversarialConfig
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners import _tp
@@ -159,7 +159,7 @@ def measure_sensitivity(
     dense_macs = counted_macs(base, inputs)
     sums: list[float] = []
     macs: list[int] = []
-    with tqdm(total=sum(map(len, counts)), desc="sensitivity", unit="cut", disable=not progress, leave=False) as bar:
+    with progress_bar(total=sum(map(len, counts)), desc="sensitivity", unit="cut", enabled=progress, leave=False) as bar:
         for gi, (g, kept_counts) in enumerate(zip(groups, counts)):
             reused = prefix.outputs(gi)
             for i, clone in enumerate(_cuts(model, inputs, g, kept_counts)):

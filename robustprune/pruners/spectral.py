@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from robustprune._inputs import Inputs, shape_list, to_meta
+from robustprune._progress import bar as progress_bar
 from robustprune.errors import InvalidArgumentError, PruningError
 from robustprune.layers import LowRankLinear, get_submodule_parent, matricize
 from robustprune.metrics import dispersion, k_for_eps, relative_residual, singular_values
@@ -160,7 +160,7 @@ class SpectralPruner(Pruner):
                 "the model was left unchanged."
             )
         replacements = {}
-        for name, rank in tqdm(ranks.items(), desc="spectral: factorize", disable=not self.progress, leave=False):
+        for name, rank in progress_bar(ranks.items(), desc="spectral: factorize", enabled=self.progress, leave=False):
             layer = modules[name]
             replacements[name] = factorized_layer(layer, rank, *svd(layer))
         _replace_all(model, replacements)
@@ -185,7 +185,7 @@ class SpectralPruner(Pruner):
                 candidates.append((name, m))
         return [
             _Layer(name, _singular_values(name, m))
-            for name, m in tqdm(candidates, desc="spectral: singular values", disable=not self.progress, leave=False)
+            for name, m in progress_bar(candidates, desc="spectral: singular values", enabled=self.progress, leave=False)
         ]
 
     def _ranks(self, model: nn.Module, layers: Sequence[_Layer], eps: Any) -> dict[str, int]:
