@@ -64,15 +64,27 @@ def test_shipped_recipes_validate_and_round_trip_through_config_toml(path: Path)
     assert plan_jobs(recipe)
 
 
-def test_main_recipe_compares_epsilon_beta_and_matched_baselines() -> None:
+def test_main_recipe_compares_the_recommended_pipeline_with_the_previous_default_early_and_scratch() -> None:
+    """The demo job puts the recommended pipeline (finetune at the dense lr) next to the
+    previous default, pruning during training and scratch, paired at 25% and 10% MACs."""
     recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "digits-cnn.toml")
-    methods = {(p.method, p.match) for p in recipe.prune}
-    assert ("fixed", "epsilon") in methods and ("global", "epsilon") in methods
-    assert any(p.regularizers and p.regularizers[0].kind == "beta" for p in recipe.prune)
+    by = {p.label: p for p in recipe.prune}
+    assert {"previous-default", "recommended", "early", "scratch"} <= set(by)
     assert recipe.train is not None and recipe.train.adversarial is not None
     assert recipe.finetune.adversarial is not None
+    assert recipe.finetune.lr == recipe.train.lr  # the recommendation: rewind the lr
+    assert entry_lr(recipe, by["previous-default"]) < recipe.train.lr
+    assert by["recommended"].reference == "previous-default" and by["recommended"].scratch == "scratch"
+    assert by["scratch"].method == "scratch" and by["scratch"].match == "recommended"
+    assert by["early"].schedule is not None and by["early"].schedule.kind == "during-training"
     assert set(recipe.eval.attacks) == {"apgd-ce", "apgd-t"}
     assert len(recipe.seeds) >= 2
+
+
+def entry_lr(recipe, entry) -> float:
+    from robustprune.recipe.parse import entry_finetune
+
+    return entry_finetune(recipe, entry).lr
 
 
 # --------------------------------------------------------------------------- validation
