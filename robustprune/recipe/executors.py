@@ -137,11 +137,13 @@ class OrderedWriter:
             elif job.id not in failed and job.id not in rows:
                 return
             self.next += 1
-            if self.next < len(self.jobs) and self.jobs[self.next].seed != job.seed:
+            if self.next < len(self.jobs) and self.jobs[self.next].seed != job.seed and self.written:
                 self.state.render()  # a partial summary after every seed
 
     def finish(self) -> None:
         rows = self.state.read_rows()
+        if not rows:
+            return
         order = {job.id: i for i, job in enumerate(self.jobs)}
         ranked = sorted(rows, key=lambda r: order.get(r["id"], len(order)))
         if [r["id"] for r in ranked] != [r["id"] for r in rows]:

@@ -134,7 +134,8 @@ def run_recipe(
         try:
             finished = run_parallel(jobs, done, state, backend, make_task, talk=talk)
         except JobsFailedError:
-            state.render()  # the summary of the rows that finished
+            if state.read_rows():
+                state.render()  # the summary of the rows that finished
             raise
     distributed.barrier(ctx)
     rows = tuple(state.read_rows())
