@@ -175,7 +175,10 @@ def _prune_and_finetune(model: Any, meta: dict[str, Any], args: argparse.Namespa
 
     epochs = int(args.finetune_epochs)
     adversarial = None if args.adv_eps is None else AdversarialConfig(kind="pgd", eps=args.adv_eps, steps=args.adv_steps)
-    cfg = FitConfig(epochs=epochs, lr=args.lr, adversarial=adversarial)  # checked before any work
+    lr = args.lr if args.lr is not None else float(meta.get("train_lr", 0.01))
+    if args.lr is None:
+        print(f"finetune lr {lr:g} ({'the dense training lr' if 'train_lr' in meta else 'default'}; --lr to change)", file=sys.stderr)
+    cfg = FitConfig(epochs=epochs, lr=lr, adversarial=adversarial)  # checked before any work
     if args.schedule == "iterative" and "target_macs" not in kwargs:
         raise InvalidArgumentError("--schedule iterative drives the pruner to a MACs target: give --target-macs.")
     if args.schedule == "iterative" and epochs < 1:

@@ -169,7 +169,9 @@ def _add_finetune(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=integer(1), default=3, help="pruning steps of an iterative schedule (default 3)")
     g.add_argument("--restart", action="store_true", help="restart the learning-rate schedule after each step")
     g.add_argument("--finetune-epochs", type=integer(0), default=0, metavar="E", help="finetune epochs after (and, iterative, between) pruning steps (default 0)")
-    g.add_argument("--lr", type=number(0, low_open=True), default=0.01, help="finetune learning rate (default 0.01)")
+    g.add_argument("--lr", type=number(0, low_open=True), default=None,
+                   help="finetune learning rate (default: the dense training's lr recorded in a recipe's "
+                   "checkpoint, 'rewinding' it: the best measured finetune; else 0.01)")
     g.add_argument("--data", metavar="NAME", help="finetune dataset (default: the one recorded in the checkpoint); with --model it also sets the model's input shape and classes")
     g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, e.g. size=16 (repeatable)")
     g.add_argument("--batch-size", type=integer(1), default=64)

@@ -276,6 +276,9 @@ class JobRunner:
         return {
             "recipe": r.name, "variant": job.variant, "seed": job.seed, "label": job.label,
             "setting": job.setting, "data": {"name": r.data.name, "options": dict(r.data.options)},
+            # the dense training's learning rate: `robustprune prune --finetune-epochs` finetunes
+            # at it by default (rewinding the lr: the best measured finetune)
+            **({"train_lr": float(r.train.lr)} if r.train is not None else {}),
             **extra,
         }
 
