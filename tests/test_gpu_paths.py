@@ -1,0 +1,55 @@
+"""GPU-friendly defaults, exercised on CPU: CUDA width rounding (the device check
+monkeypatched), the latency measurement's batches and formats, and the GPU throughput
+flags of fit and the attack loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustprune import evaluation
+from robustprune.models import create_model
+from robustprune.pruners import EpsilonPruner, FixedRatioPruner, channel
+
+
+def _as_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channel, "on_cuda", lambda model: True)
+
+
+def test_cuda_models_keep_widths_a_multiple_of_8_and_the_report_says_so(monkeypatch):
+    model = create_model("cnn-small", widths=(24, 40, 64))
+    cpu_report = EpsilonPruner(eps=0.5)(create_model("cnn-small", widths=(24, 40, 64)))
+    assert any(r.kept % 8 for r in cpu_report.rows)  # without rounding some widths are odd
+    assert "CUDA default" not in str(cpu_report)
+    _as_cuda(monkeypatch)
+    report = EpsilonPruner(eps=0.5)(model)
+    assert all(r.kept % 8 == 0 or r.kept == r.total for r in report.rows)
+    assert report.setting["round_to"] == 8
+    assert "round_to=8 (CUDA default)" in str(report)
+
+
+def test_explicit_round_to_wins_over_the_cuda_default(monkeypatch):
+    _as_cuda(monkeypatch)
+    report = FixedRatioPruner(ratio=0.37, round_to=1)(create_model("cnn-small", widths=(24, 40, 64)))
+    assert report.setting["round_to"] == 1 and "CUDA default" not in str(report)
+    assert any(r.kept % 8 for r in report.rows)
+    report = FixedRatioPruner(ratio=0.37, round_to=4)(create_model("cnn-small", widths=(24, 40, 64)))
+    assert all(r.kept % 4 == 0 or r.kept == r.total for r in report.rows)
+    assert report.setting["round_to"] == 4
+
+
+def test_tensor_core_multiple_by_dtype():
+    assert channel.cuda_round_to(torch.bfloat16) == 8 and channel.cuda_round_to(torch.float32) == 8
+    assert channel.cuda_round_to(torch.int8) == 16
+    assert channel.default_round_to(create_model("fcn")) is None  # a CPU model: no rounding
+
+
+def test_latency_runs_realistic_batches_and_channels_last():
+    model = create_model("cnn-small", widths=(4, 4, 8)).train()
+    out = evaluation.measure_latency(model, (1, 8, 8), torch.device("cpu"), batches=(1, 64, 256),
+                                     warmup=1, runs=2, channels_last=True)
+    assert set(out) == {"batch1", "batch64", "batch256"} and all(v > 0 for v in out.values())
+    assert model.training  # mode put back
+    assert all(p.is_contiguous() for p in model.parameters())  # format put back
+    assert evaluation.latency_batches(torch.device("cuda")) == (1, 64, 256)
+    assert evaluation.latency_batches(torch.device("cpu")) == (1, 64)
