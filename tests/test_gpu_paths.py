@@ -53,3 +53,60 @@ def test_latency_runs_realistic_batches_and_channels_last():
     assert all(p.is_contiguous() for p in model.parameters())  # format put back
     assert evaluation.latency_batches(torch.device("cuda")) == (1, 64, 256)
     assert evaluation.latency_batches(torch.device("cpu")) == (1, 64)
+
+
+# --------------------------------------------------------------------------- fit and attack flags
+
+from robustprune.errors import InvalidArgumentError  # noqa: E402
+from robustprune.train import FitConfig, fit  # noqa: E402
+from robustprune.train import config as train_config  # noqa: E402
+
+
+def _tiny_run(**flags):
+    torch.manual_seed(0)
+    model = create_model("cnn-small", widths=(4, 4, 8))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+    loader = [(x[:8], y[:8]), (x[8:], y[8:])]
+    result = fit(model, (loader, None), epochs=1, lr=0.05, scheduler=None, device="cpu", progress=False, **flags)
+    return result, model
+
+
+def test_channels_last_fit_gives_the_default_losses():
+    plain, m1 = _tiny_run()
+    cl, m2 = _tiny_run(channels_last=True)
+    assert cl.history[0].loss == pytest.approx(plain.history[0].loss, rel=1e-5)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_compile_is_validated_and_wired(monkeypatch):
+    with pytest.raises(InvalidArgumentError, match="torch.compile mode"):
+        FitConfig(epochs=1, compile="fastest")
+    assert train_config.compile_mode(FitConfig(epochs=1)) is None
+    assert train_config.compile_mode(FitConfig(epochs=1, compile=True)) == "default"
+    assert train_config.compile_mode(FitConfig(epochs=1, compile="max-autotune-no-cudagraphs")) == (
+        "max-autotune-no-cudagraphs"
+    )
+    seen = []
+
+    def fake_compile(module, mode=None):
+        seen.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled, _ = _tiny_run(compile="max-autotune-no-cudagraphs")
+    plain, _ = _tiny_run()
+    assert seen == ["max-autotune-no-cudagraphs"]
+    assert compiled.history[0].loss == pytest.approx(plain.history[0].loss, rel=1e-6)
+
+
+def test_cuda_graphs_on_cpu_is_refused_clearly():
+    model = create_model("cnn-small", widths=(4, 4, 8))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(InvalidArgumentError, match="cuda_graphs=True needs a CUDA device"):
+        fit(model, ([(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))], None), epochs=1, device="cpu",
+            cuda_graphs=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(InvalidArgumentError, match="reduce-overhead"):
+        FitConfig(epochs=1, cuda_graphs=True, compile="max-autotune-no-cudagraphs")
