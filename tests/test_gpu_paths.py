@@ -110,3 +110,21 @@ def test_cuda_graphs_on_cpu_is_refused_clearly():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(InvalidArgumentError, match="reduce-overhead"):
         FitConfig(epochs=1, cuda_graphs=True, compile="max-autotune-no-cudagraphs")
+
+
+def _bench_gpu():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module("bench_gpu")
+
+
+def test_bench_gpu_peak_table_and_refusal_without_cuda(monkeypatch):
+    bench = _bench_gpu()
+    assert bench.peak_tflops("NVIDIA H200")[0] == 989.0 and bench.peak_tflops("NVIDIA A100-SXM4-80GB")[0] == 312.0
+    assert bench.peak_tflops("Tesla T4") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        bench.main(["--device", "cuda"])
