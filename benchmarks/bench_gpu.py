@@ -37,6 +37,22 @@ import torch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
+#: dense peak TFLOP/s by device name (vendor datasheets, SXM parts): (bf16, tf32, fp32)
+PEAK_TFLOPS = {
+    "H200": (989.0, 494.0, 67.0),
+    "H100": (989.0, 494.0, 67.0),
+    "A100": (312.0, 156.0, 19.5),
+}
+
+
+def peak_tflops(device_name: str) -> tuple[float, float, float] | None:
+    """The datasheet ``(bf16, tf32, fp32)`` peak of a device by its name (the first entry of
+    :data:`PEAK_TFLOPS` named in it: H200 before H100), None for an unknown device."""
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in device_name.upper():
+            return peaks
+    return None
+
 
 class GpuBatches:
     """Shuffled mini-batches of device-resident tensors (an iterable with a length)."""
@@ -83,16 +99,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run; results are printed only")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every code path on the CPU with tiny settings (numbers meaningless)")
     parser.add_argument("--n-train", type=int, default=None, help="training images per epoch")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per setting (>= 5)")
     parser.add_argument("--device", default="cuda",
                         help="'cuda' (default); 'cpu' only smoke-tests the script, nothing is written")
-    args = parser.parse_args()
-    dev = torch.device(args.device)
+    args = parser.parse_args(argv)
+    dev = torch.device("cpu" if args.dry_run else args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         sys.exit(
             "bench_gpu.py needs a CUDA device, and torch.cuda.is_available() is False here. "
@@ -108,6 +126,9 @@ def main() -> None:
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         device_name = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+        peaks = peak_tflops(props.name)
+        if peaks is not None:
+            print(f"datasheet peak of {props.name}: bf16 {peaks[0]:g}, TF32 {peaks[1]:g}, fp32 {peaks[2]:g} TFLOP/s")
     else:
         device_name = "CPU (smoke test: numbers are meaningless)"
     smoke = dev.type != "cuda"
@@ -117,6 +138,7 @@ def main() -> None:
     mm_n = 4096 if quick else 8192
     if smoke:
         n_train, n_eval, mm_n = min(n_train, 64), 32, 256
+        args.batch_size = min(args.batch_size, 32)
     epochs = max(1, args.epochs)
 
     ceiling = {

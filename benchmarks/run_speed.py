@@ -91,16 +91,20 @@ class Sizes:
     analyze_narrow: tuple[tuple[str, Mapping[str, Any]], ...] = ()
 
 
+#: the narrow widths of resnet18-cifar whose analyze ratio is measured (64, the standard
+#: width, is among the analyze models)
+NARROW_RESNETS = tuple(("resnet18-cifar", {"width": w}) for w in (8, 16, 32))
+
 FULL = Sizes(
     repeats=7, warmup=1, prune_models=("resnet50", "vit_base"),
     analyze_models=(("resnet18-cifar", {}), ("vgg16-cifar", {})),
     regularizer_batch=128, regularizer_width=64, train=bench_train.FULL, eval=bench_eval.FULL,
-    latency_width=64, latency_runs=5, analyze_narrow=(("resnet18-cifar", {"width": 16}),),
+    latency_width=64, latency_runs=5, analyze_narrow=NARROW_RESNETS,
 )
 QUICK = Sizes(
     repeats=5, warmup=1, prune_models=("resnet50",), analyze_models=(("resnet18-cifar", {}),),
     regularizer_batch=32, regularizer_width=64, train=bench_train.QUICK, eval=bench_eval.QUICK,
-    latency_width=64, latency_runs=3, analyze_narrow=(("resnet18-cifar", {"width": 16}),),
+    latency_width=64, latency_runs=3, analyze_narrow=NARROW_RESNETS[:2],
 )
 DRY_RUN = Sizes(
     repeats=1, warmup=0, prune_models=("tiny",),

@@ -38,8 +38,10 @@ __all__ = ["EvalResult", "evaluate", "count_macs_params", "measure_latency"]
 
 logger = logging.getLogger(__name__)
 
-#: batch sizes of the latency measurement, as ``latency_ms`` keys ``batch1``, ``batch64``
+#: batch sizes of the latency measurement on a CPU, as ``latency_ms`` keys ``batch1``, ``batch64``
 LATENCY_BATCHES = (1, 64)
+#: batch sizes of the latency measurement on CUDA (``batch1``, ``batch64``, ``batch256``)
+CUDA_LATENCY_BATCHES = (1, 64, 256)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class EvalResult:
         macs, params: multiply-accumulates of one forward pass of one example, and the
             parameter count (torch-pruning's counter).
         latency_ms: median forward time in milliseconds of warm runs, keys ``"batch1"`` and
-            ``"batch64"`` (empty when ``latency=False``).
+            ``"batch64"`` (and ``"batch256"`` on CUDA; empty when ``latency=False``).
         latency_threads: the CPU threads PyTorch used for the latency runs on a CPU
             (``torch.get_num_threads()``; the CLI and recipe runs set it, see
             :mod:`robustprune._threads`); None on CUDA or without latency.
@@ -189,56 +191,87 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     return int(macs), int(params)
 
 
+def latency_batches(device: torch.device) -> tuple[int, ...]:
+    """The default batch sizes of :func:`measure_latency` on ``device``: :data:`LATENCY_BATCHES`
+    on a CPU, :data:`CUDA_LATENCY_BATCHES` (a GPU serves batches) on CUDA."""
+    return CUDA_LATENCY_BATCHES if torch.device(device).type == "cuda" else LATENCY_BATCHES
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: Sequence[int],
     device: torch.device,
     *,
-    batches: Sequence[int] = LATENCY_BATCHES,
+    batches: Sequence[int] | None = None,
     warmup: int = 3,
     runs: int = 10,
     threads: int | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
-    """Median forward time (ms) of ``runs`` warm runs per batch size, in eval mode under
-    ``no_grad``, on random inputs of ``input_shape`` (CUDA is synchronized around each run),
-    with ``threads`` CPU threads (default: PyTorch's current count; put back afterwards).
-    Returns ``{"batch1": ms, "batch64": ms}``.
+    """Median forward time (ms) of ``runs`` warm runs per batch size (after ``warmup`` runs), in
+    eval mode under ``no_grad``, on random inputs of ``input_shape``, with ``threads`` CPU
+    threads (default: PyTorch's current count; put back afterwards). Returns
+    ``{"batch1": ms, "batch64": ms}`` (one key per batch; default batches
+    :func:`latency_batches`: 1 and 64 on a CPU, 1, 64 and 256 on CUDA).
+
+    On CUDA each run is timed by CUDA events on the current stream (the kernels' time, no
+    host overhead of synchronizing), after ``warmup`` runs that also let cuDNN pick its
+    algorithms. ``channels_last=True`` measures the model and inputs in the channels-last
+    memory format (4-d inputs; the model is put back to contiguous afterwards), the layout
+    tensor cores prefer.
 
     On a machine whose cores are busy, more threads than idle cores make every forward wait
     for a descheduled thread (milliseconds instead of microseconds for a small model):
     measure with the count the model will run with, and report it next to the numbers."""
     if threads is not None:
         check_int("threads", threads, low=1, why="CPU threads for the latency runs")
+    batches = latency_batches(device) if batches is None else tuple(batches)
     before = torch.get_num_threads()
     was_training = model.training
     model.eval()
+    fmt = torch.channels_last if channels_last and len(input_shape) == 3 else None
     out: dict[str, float] = {}
     g = torch.Generator().manual_seed(0)
     try:
         if threads is not None and threads != before:
             torch.set_num_threads(threads)
+        if fmt is not None:
+            model.to(memory_format=fmt)
         with torch.no_grad():
             for b in batches:
                 x = torch.rand((b, *input_shape), generator=g).to(device)
-                times = []
-                for i in range(warmup + runs):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    model(x)
-                    _sync(device)
-                    if i >= warmup:
-                        times.append(time.perf_counter() - t0)
-                out[f"batch{b}"] = 1000.0 * statistics.median(times)
+                if fmt is not None:
+                    x = x.contiguous(memory_format=fmt)
+                out[f"batch{b}"] = 1000.0 * statistics.median(_forward_times(model, x, device, warmup, runs))
     finally:
+        if fmt is not None:
+            model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def _forward_times(model: nn.Module, x: torch.Tensor, device: torch.device, warmup: int, runs: int) -> list[float]:
+    """Seconds of ``runs`` forwards after ``warmup`` ones: CUDA events on CUDA, else wall time."""
+    for _ in range(warmup):
+        model(x)
+    times = []
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+        for _ in range(runs):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1000.0)
+        return times
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def _clean_accuracy(

@@ -28,6 +28,7 @@ from robustprune.errors import RobustPruneError
 from robustprune.layers import Pair, path_between
 from robustprune.layers.graph import is_activation, node_of
 from robustprune.metrics import ALIGNMENT_TOL, alignment, operator_norm
+from robustprune.metrics.alignment import conv_operator_norms
 
 __all__ = [
     "CONV_ALIGNMENT_SAMPLES",
@@ -74,6 +75,24 @@ class OperatorNorms:
                 self.values[name] = operator_norm(layer, "2")
         return self.values[name]
 
+    def prefetch(self, names: list[str]) -> None:
+        """Compute the norms of the conv layers ``names`` not known yet, the convs of one
+        weight shape, geometry and input size together (:func:`conv_operator_norms`)."""
+        batches: dict[tuple, list[tuple[str, nn.Conv2d]]] = {}
+        for name in dict.fromkeys(names):
+            layer = self.model.get_submodule(name)
+            if name in self.values or not isinstance(layer, nn.Conv2d) or self.shapes.get(name) is None:
+                continue
+            key = (tuple(layer.weight.shape), layer.stride, layer.padding, layer.dilation, layer.groups,
+                   layer.padding_mode, layer.weight.dtype, tuple(self.shapes[name]))
+            batches.setdefault(key, []).append((name, layer))
+        for members in batches.values():
+            if len(members) < 2:
+                continue
+            shape = self.shapes[members[0][0]]
+            values = conv_operator_norms([m for _, m in members], shape, tol=ALIGNMENT_TOL)
+            self.values.update({n: v for (n, _), v in zip(members, values)})
+
 
 @dataclass
 class PairContext:
@@ -96,6 +115,11 @@ def pair_alignments(ctx: PairContext, pairs: list[Pair], *, progress: bool = Fal
     """:func:`pair_alignment` of every pair (the input cache is cleared afterwards)."""
     alignments: Alignments = {}
     reasons: Reasons = {}
+    if "2" in ctx.norms:
+        try:
+            ctx.op_norms.prefetch([name for pair in pairs for name in (pair.a, pair.b)])
+        except RobustPruneError:
+            pass  # each pair then meets (and reports) its own failure
     for pair in bar(pairs, desc="analyze: alignment", enabled=progress):
         alignments[(pair.a, pair.b)], reasons[(pair.a, pair.b)] = pair_alignment(ctx, pair.a, pair.b)
     ctx.cache.clear()

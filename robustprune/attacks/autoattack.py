@@ -60,6 +60,10 @@ class RobustResult:
             reports it): ``per_attack[attacks[-1]] == robust_accuracy``.
         norm, eps, attacks, n_iter, seed, batch_size: the settings used.
         n: number of examples evaluated.
+        precision: the arithmetic of the model's forwards: ``"fp32"`` always (no autocast,
+            no compilation: results stay comparable across runs), or ``"tf32"`` where the run
+            was on CUDA with TF32 matmuls or convolutions enabled
+            (``torch.backends.cuda.matmul.allow_tf32`` / ``torch.backends.cudnn.allow_tf32``).
     """
 
     clean_accuracy: float
@@ -74,6 +78,7 @@ class RobustResult:
     batch_size: int
     version: str = "custom"
     library: str = "pyautoattack==0.2.0"
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of every field."""
@@ -90,6 +95,7 @@ class RobustResult:
             "batch_size": self.batch_size,
             "version": self.version,
             "library": self.library,
+            "precision": self.precision,
         }
 
     def __str__(self) -> str:
@@ -269,8 +275,16 @@ def _result(counts: torch.Tensor, run: _Run, version: str) -> RobustResult:
     return RobustResult(
         clean_accuracy=clean, robust_accuracy=robust, per_attack=per_attack, norm=run.norm,
         eps=run.eps, attacks=run.names, n_iter=run.n_iter, seed=run.seed, n=n,
-        batch_size=run.batch_size, version=version,
+        batch_size=run.batch_size, version=version, precision=float_precision(run.device),
     )
+
+
+def float_precision(device: torch.device) -> str:
+    """``"tf32"`` on CUDA with TF32 enabled for matmuls or cuDNN convolutions, else ``"fp32"``."""
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    return "tf32" if tf32 else "fp32"
 
 
 def _resolve_attacks(attacks: Sequence[str] | str) -> tuple[tuple[str, ...], str]:

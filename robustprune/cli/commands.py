@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"model.weights={json.dumps(str(args.weights))}")
     recipe = load_recipe(args.recipe, overrides)
     if args.dry_run:  # the checks of a real run, writing and downloading nothing
-        out = check_run(recipe, run_dir=args.run_dir, resume=args.resume, device=args.device)
+        out = check_run(recipe, run_dir=args.run_dir, resume=args.resume, device=args.device, **_executor(args))
         if launcher_rank() == 0:
             print(recipe.to_toml())
             print(describe_plan(recipe))
@@ -67,11 +67,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=args.device,
         progress=not args.no_progress,
+        **_executor(args),
     )
     if result.is_main:
         print(result.summary)
         print(f"Wrote {result.run_dir}/ (config.toml, results.jsonl, summary.md, pareto.png, checkpoints/)")
     return 0
+
+
+def _executor(args: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s executor options as keywords of run_recipe / check_run."""
+    return {"executor": args.executor, "jobs": args.jobs, "ray_address": args.ray_address}
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ examples:
   robustprune run recipes/cifar10-resnet18.toml --set data.name=synthetic --set train.epochs=1
   robustprune run recipes/digits-cnn.toml --resume          # continue the latest run
   torchrun --nproc_per_node=4 -m robustprune.cli run recipes/cifar10-resnet18.toml
+  robustprune run recipes/digits-cnn.toml --executor processes --jobs 4   # 4 jobs at once
+  robustprune run recipes/cifar10-resnet18.toml --executor ray --ray-address 10.0.0.1:6379
 
 --set KEY=VALUE takes a dotted key and a TOML value; inside [[prune]] entries the next part
 is an index (prune.0.eps), a label (prune.fixed.ratio) or a key set on every entry that has
@@ -81,7 +83,29 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate the recipe, print the resolved config and the plan, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_threads(p)
+    _add_executor(p)
     p.set_defaults(func=cmd_run)
+
+
+def _add_executor(p: Any) -> None:
+    """``run``'s executor options (checked by the library: one clear line for bad input)."""
+    g = p.add_argument_group("executor", "where the recipe's jobs run (docs/recipes.md, 'Many jobs: executors')")
+    g.add_argument("--executor", default="local", metavar="NAME",
+                   help="local (one job after another, default), processes (--jobs N worker processes on "
+                   "this machine, CUDA devices round-robin) or ray (one Ray task per job; pip install "
+                   "'robustprune[ray]')")
+    g.add_argument("--jobs", type=_int_or_text, default=None, metavar="N",
+                   help="jobs at once (processes: default the CUDA device count, else 2; ray: the CPUs of a local Ray)")
+    g.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="a running Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default: start Ray on this machine")
+
+
+def _int_or_text(text: str) -> int | str:
+    """An integer, or the text as given (refused with a clear line by the library)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _add_analyze(sub: Any) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
@@ -37,7 +38,7 @@ from robustprune.metrics.norms import (
     weight_matrix,
 )
 
-__all__ = ["alignment"]
+__all__ = ["alignment", "conv_operator_norms"]
 
 
 def alignment(
@@ -238,3 +239,67 @@ def _operator_alignment_numerator(
             sigma, _ = power_iteration(forward, adjoint, v0, tol=tol, max_iter=max_iter)
             best = max(best, float(sigma.max()))
     return best
+
+
+def conv_operator_norms(
+    convs: Sequence[nn.Conv2d], input_shape: Sequence[int], *, tol: float = ALIGNMENT_TOL, max_iter: int = 300
+) -> list[float]:
+    """The l2 operator norms of convolutions of one shape at one input size, by one batched
+    power iteration (one operator per leading index, each from the deterministic start of
+    :func:`robustprune.metrics.operator_norm`, run until every one meets ``tol``: each value
+    is what ``operator_norm(conv, "2", input_shape, mode="operator", tol=tol)`` returns, or
+    closer to the norm from more steps). Zero-padded convs with equal weight shapes, strides,
+    paddings, dilations and groups are applied as one grouped convolution; others one by
+    one. The Lanczos steps' own cost (orthogonalization, the tridiagonal eigenproblem) is
+    paid once for all, which is most of the time on narrow layers."""
+    convs = list(convs)
+    for conv in convs:
+        checked_weight(conv)
+    shape = sample_shape(convs[0], input_shape)
+    ref = convs[0].weight
+    with torch.no_grad():
+        x0 = start_vector((1, *shape), ref)
+        fwd, adj = _stacked_operator(convs, x0)
+        v0 = x0.expand(len(convs), *shape).contiguous()
+        sigma, _ = power_iteration(fwd, adj, v0, tol=tol, max_iter=max_iter)
+    return [float(s) for s in sigma]
+
+
+def _stacked_operator(convs: list[nn.Conv2d], x0: torch.Tensor) -> tuple[Callable, Callable]:
+    """``(forward, adjoint)`` of the block-diagonal operator ``v_i -> conv_i(v_i)``."""
+    first = convs[0]
+    same = all(
+        c.padding_mode == "zeros" and not isinstance(c.padding, str) and c.weight.shape == first.weight.shape
+        and (c.stride, c.padding, c.dilation, c.groups) == (first.stride, first.padding, first.dilation, first.groups)
+        for c in convs
+    )
+    if not same:
+        fwds = [linear_part(c) for c in convs]
+        adjs = [layer_adjoint(c, x0) for c in convs]
+        return (
+            lambda v: [f(v[i : i + 1]) for i, f in enumerate(fwds)],
+            lambda us: torch.cat([a(u) for a, u in zip(adjs, us)]),
+        )
+    n, c_in = len(convs), first.in_channels
+    weight = torch.cat([c.weight for c in convs])
+    groups = n * first.groups
+    args = (first.stride, first.padding, first.dilation)
+    out = F.conv2d(x0, first.weight, None, *args, first.groups)
+    extra = tuple(
+        int(size_in) - ((int(size_out) - 1) * s - 2 * p + d * (k - 1) + 1)
+        for size_in, size_out, k, s, p, d in zip(
+            x0.shape[-2:], out.shape[-2:], first.kernel_size, first.stride, first.padding, first.dilation
+        )
+    )
+
+    def forward(v: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(v.reshape(1, n * c_in, *v.shape[-2:]), weight, None, *args, groups)
+        return y.reshape(n, -1, *y.shape[-2:])
+
+    def adjoint(u: torch.Tensor) -> torch.Tensor:
+        x = F.conv_transpose2d(
+            u.reshape(1, -1, *u.shape[-2:]), weight, None, first.stride, first.padding, extra, groups, first.dilation
+        )
+        return x.reshape(n, c_in, *x.shape[-2:])
+
+    return forward, adjoint

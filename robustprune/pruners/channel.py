@@ -81,7 +81,10 @@ class ChannelPruner(Pruner):
             needs no data (``"l2"``; for ``"adv-taylor"`` pass an
             :class:`~robustprune.pruners.importance.AdvTaylorImportance`); default
             :class:`~robustprune.pruners.importance.GroupL2Importance`.
-        round_to: keep a multiple of this many channels at each group's root layer.
+        round_to: keep a multiple of this many channels at each group's root layer. Default
+            ``None``: no rounding on CPU; on CUDA (the device of the model's parameters) the
+            dtype's tensor-core multiple, :func:`cuda_round_to` (8; 16 for 8-bit weights), and
+            the report says ``round_to=8 (CUDA default)``. ``round_to=1`` turns it off.
         min_keep: keep at least this many units per group (default 1: no layer collapse).
         ignored_layers, target_macs, macs_tolerance, progress: see
             :class:`~robustprune.pruners.base.Pruner`.
@@ -152,7 +155,7 @@ class ChannelPruner(Pruner):
         rule = self.rule
 
         def counts_fraction(counts: Sequence[int | None]) -> float:
-            return planned_macs(model, inputs, groups, self._final_counts(groups, counts), trace) / trace.macs
+            return planned_macs(model, inputs, groups, self._final_counts(groups, counts, round_to), trace) / trace.macs
 
         context = PlanContext(
             model=model, inputs=inputs, groups=tuple(groups), min_keep=self.min_keep, progress=self.progress,
@@ -160,12 +163,17 @@ class ChannelPruner(Pruner):
         )
         measured.update(_prepared(rule, context))
         setting = {**self.settings(), **measured}
+        round_to = self.round_to
+        if round_to is None:
+            round_to = default_round_to(model)
+            if round_to is not None:
+                setting["round_to"], setting["round_to_default"] = round_to, "CUDA"
         macs_planned = None
         if self.target_macs is None:
             strength = rule.strength
-            counts = self._final_counts(groups, rule.keep_counts(groups, strength))
+            counts = self._final_counts(groups, rule.keep_counts(groups, strength), round_to)
         else:
-            strength, macs_planned, counts = self._solve(model, groups, counts_fraction, trace.macs)
+            strength, macs_planned, counts = self._solve(model, groups, counts_fraction, trace.macs, round_to)
             if rule.solves is not None:
                 setting[rule.solves] = float(strength)
         setting["ignored_layers"] = ignored
@@ -225,7 +233,7 @@ class ChannelPruner(Pruner):
     # helpers --------------------------------------------------------------------------
 
     def _solve(
-        self, model: nn.Module, groups: Sequence[Group], counts_fraction: Any, macs: int
+        self, model: nn.Module, groups: Sequence[Group], counts_fraction: Any, macs: int, round_to: int | None
     ) -> tuple[float, int, list[int]]:
         """``(strength, planned MACs, counts)`` keeping ``target_macs`` of the MACs;
         ``target_macs=1`` keeps every unit (strength 0: the model is left unpruned)."""
@@ -242,9 +250,11 @@ class ChannelPruner(Pruner):
                 tolerance=self.macs_tolerance, pruner=type(self).__name__, method=self.method,
                 progress=self.progress,
             )
-        return strength, int(round(fraction * macs)), self._final_counts(groups, rule.keep_counts(groups, strength))
+        return strength, int(round(fraction * macs)), self._final_counts(groups, rule.keep_counts(groups, strength), round_to)
 
-    def _final_counts(self, groups: Sequence[Group], counts: Sequence[int | None]) -> list[int]:
+    def _final_counts(
+        self, groups: Sequence[Group], counts: Sequence[int | None], round_to: int | None
+    ) -> list[int]:
         """The rule's counts raised to ``min_keep`` (never 0) and rounded up to ``round_to``
         (None: the whole group)."""
         out = []
@@ -254,9 +264,9 @@ class ChannelPruner(Pruner):
                 out.append(n)
                 continue
             k = max(int(k), min(self.min_keep, n), 1)
-            if self.round_to is not None:
+            if round_to is not None and round_to > 1:
                 ch = g.channel_groups
-                while k < n and (k * ch) % self.round_to:
+                while k < n and (k * ch) % round_to:
                     k += 1
             out.append(min(k, n))
         return out
@@ -279,6 +289,26 @@ class ChannelPruner(Pruner):
             root_out=g.root_out,
             channel_groups=g.channel_groups,
         )
+
+
+def on_cuda(model: nn.Module) -> bool:
+    """Whether the model's parameters live on a CUDA device (the first parameter decides)."""
+    param = next(model.parameters(), None)
+    return param is not None and param.device.type == "cuda"
+
+
+def cuda_round_to(dtype: torch.dtype) -> int:
+    """The tensor-core multiple of channel counts for weights of ``dtype``: 16 for 8-bit
+    types, else 8 (fp16/bf16, and fp32 through TF32)."""
+    return 16 if dtype.itemsize == 1 else 8
+
+
+def default_round_to(model: nn.Module) -> int | None:
+    """The ``round_to`` a channel pruner uses when none is given: :func:`cuda_round_to` of the
+    parameters' dtype for a model on CUDA (:func:`on_cuda`), else ``None`` (no rounding)."""
+    if not on_cuda(model):
+        return None
+    return cuda_round_to(next(model.parameters()).dtype)
 
 
 def planned_macs(

@@ -183,7 +183,9 @@ class PruningReport:
 
     def _header(self) -> str:
         setting = ", ".join(
-            f"{k}={format_value(v)}" for k, v in self.setting.items() if v is not None and k != "ignored_layers"
+            f"{k}={format_value(v)}" + (f" ({self.setting['round_to_default']} default)" if k == "round_to"
+                                        and self.setting.get("round_to_default") else "")
+            for k, v in self.setting.items() if v is not None and k not in ("ignored_layers", "round_to_default")
         )
         again = self.macs_original is not None and self.macs_original != self.macs_before
         of_original = f"; {self.macs_kept_of_original:.1%} of the original {_human(self.macs_original)}" if again else ""

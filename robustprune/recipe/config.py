@@ -176,7 +176,8 @@ class Recipe:
     """A validated recipe. ``train`` and ``checkpoint`` (a model file) exclude each other,
     and so do ``model`` and ``checkpoint`` (the checkpoint records its architecture).
     ``threads`` (top level) fixes the CPU threads of the run (default: the rule of
-    :mod:`robustprune._threads`; the CLI's ``--threads`` wins); ``log`` is ``[log]``."""
+    :mod:`robustprune._threads`; the CLI's ``--threads`` wins); ``gpus_per_job`` is the GPUs
+    each Ray task asks for (``--executor ray``; default 1 on CUDA, else 0); ``log`` is ``[log]``."""
 
     name: str = "recipe"
     data: DataConfig
@@ -193,6 +194,7 @@ class Recipe:
     description: str = ""
     sweep: tuple[SweepAxis, ...] = ()
     threads: int | None = None
+    gpus_per_job: float | None = None
     log: LogConfig = field(default_factory=LogConfig)
     source: str | None = field(default=None, compare=False)
 
@@ -212,6 +214,8 @@ class Recipe:
         if len(set(seeds)) != len(seeds):
             raise InvalidArgumentError(f"seeds must be distinct, got {list(seeds)}.", argument="seeds")
         check_int("threads", self.threads, 1, optional=True)
+        if self.gpus_per_job is not None:
+            check_number("gpus_per_job", self.gpus_per_job, 0)
         self._check_sources()
         check_prune_entries(self.prune, self.compare, trained=self.train is not None)
 
@@ -224,6 +228,8 @@ class Recipe:
         out.update(seeds=list(self.seeds), output=self.output)
         if self.threads is not None:
             out["threads"] = self.threads
+        if self.gpus_per_job is not None:
+            out["gpus_per_job"] = self.gpus_per_job
         out["data"] = to_data(self.data)
         if self.model is not None:
             out["model"] = to_data(self.model)

@@ -13,13 +13,22 @@ from typing import Any
 from robustprune import distributed
 from robustprune._progress import line as progress_line
 from robustprune._threads import REQUESTED, resolve_threads, use_threads
+from robustprune.errors import InvalidArgumentError
 from robustprune.recipe.config import Recipe
+from robustprune.recipe.execute import JobTask, execute_job
+from robustprune.recipe.executors import (
+    ExecutorSpec,
+    JobsFailedError,
+    ProcessBackend,
+    executor_spec,
+    run_parallel,
+)
+from robustprune.recipe.executors_ray import RayBackend
 from robustprune.recipe.jobs import JobRunner
-from robustprune.recipe.logsection import job_loggers
 from robustprune.recipe.parse import variants
-from robustprune.recipe.plan import plan_jobs
+from robustprune.recipe.plan import Job, plan_jobs
 from robustprune.recipe.preflight import preflight
-from robustprune.recipe.rundir import RunDir, resolve_run_dir, slug
+from robustprune.recipe.rundir import RunDir, resolve_run_dir
 
 __all__ = ["RunResult", "run_recipe", "check_run"]
 
@@ -46,6 +55,9 @@ def run_recipe(
     device: str = "auto",
     progress: bool = True,
     threads: int | None = None,
+    executor: str = "local",
+    jobs: int | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
     """Run a recipe and write its results.
 
@@ -74,15 +86,26 @@ def run_recipe(
             ``threads``, else :func:`robustprune._threads.default_threads`. Set once, here,
             and recorded in every row (``threads``).
 
+        executor: ``"local"`` (the jobs one after another in this process), ``"processes"``
+            (``jobs`` worker processes, CUDA devices round-robin) or ``"ray"`` (one Ray task
+            per job; ``ray_address`` a cluster, default a local Ray): see
+            :mod:`robustprune.recipe.executors`. Every executor writes the same rows.
+
     With ``[log] kind = "csv"`` / ``"tensorboard"`` each job's epochs and final row are
     logged under ``<run dir>/log/`` (:mod:`robustprune.recipe.logsection`).
 
     Under ``torchrun`` every rank runs the same plan (training and attacks are shared
-    between the ranks); rank 0 alone writes files.
+    between the ranks); rank 0 alone writes files. ``torchrun`` and the parallel executors
+    exclude each other.
     """
     n_threads = resolve_threads(threads, REQUESTED.get(), recipe.threads)  # checked before anything runs
+    spec = executor_spec(executor, jobs, ray_address)
     dev = distributed.resolve_device(device)
     ctx = distributed.setup(dev)
+    if spec.name != "local" and ctx.distributed:
+        raise InvalidArgumentError(
+            f"--executor {spec.name} runs whole jobs in parallel and cannot run under torchrun; use one "
+            "or the other (torchrun for one large job, --executor for many jobs).", argument="executor")
     jobs = plan_jobs(recipe)
     by_name = dict(variants(recipe))
     preflight(by_name.values())  # every check before the first file is written
@@ -98,37 +121,55 @@ def run_recipe(
                       enabled=talk)
     else:
         progress_line(logger, "run %s: %d models, %d CPU thread(s)", out, len(jobs), n_threads, enabled=talk)
-    runner = JobRunner(by_name, state, device=dev, ctx=ctx, progress=progress)
     started = time.perf_counter()
-    finished = 0
-    for i, job in enumerate(jobs):
-        if job.id in done:
-            runner.skip(job, done[job.id])
-            continue
-        t0 = time.perf_counter()
-        loggers = job_loggers(recipe.log, out / "log", slug(job.id.replace("/", "__"))) if ctx.is_main else ()
-        runner.loggers = loggers
+    if spec.name == "local":
+        finished = _run_local(jobs, done, JobRunner(by_name, state, device=dev, ctx=ctx, progress=progress),
+                              recipe, n_threads, talk)
+    else:
+        backend, task_device = _backend(spec, device, dev, recipe)
+
+        def make_task(job: Job, rows: dict[str, dict[str, Any]]) -> JobTask:
+            return JobTask(recipe, str(out), job.id, rows, device=task_device, threads=n_threads)
+
         try:
-            row = runner.run_job(job)
-            row["seconds"] = round(time.perf_counter() - t0, 2)
-            row["threads"] = n_threads
-            for log in loggers:
-                log.log_result(row)
-        finally:
-            for log in loggers:
-                log.close()
-            runner.loggers = ()
-        state.append_row(row)
-        runner.rows[job.id] = row
-        finished += 1
-        progress_line(logger, "[%d/%d] %s", i + 1, len(jobs), _row_line(row), enabled=talk)
-        if i + 1 < len(jobs) and jobs[i + 1].seed != job.seed:
-            state.render()  # a partial summary after every seed
+            finished = run_parallel(jobs, done, state, backend, make_task, talk=talk)
+        except JobsFailedError:
+            if state.read_rows():
+                state.render()  # the summary of the rows that finished
+            raise
     distributed.barrier(ctx)
     rows = tuple(state.read_rows())
     summary = state.render()
     progress_line(logger, "finished %d models in %.1f s", finished, time.perf_counter() - started, enabled=talk)
     return RunResult(out, rows, summary, ctx.is_main)
+
+
+def _run_local(
+    jobs: list[Job], done: dict[str, dict[str, Any]], runner: JobRunner, recipe: Recipe, n_threads: int, talk: bool,
+) -> int:
+    """The jobs one after another in this process (``--executor local``); returns how many ran."""
+    state, finished = runner.state, 0
+    for i, job in enumerate(jobs):
+        if job.id in done:
+            runner.skip(job, done[job.id])
+            continue
+        row = execute_job(runner, job, recipe.log, state.dir, n_threads, runner.ctx.is_main)
+        state.append_row(row)
+        finished += 1
+        progress_line(logger, "[%d/%d] %s", i + 1, len(jobs), _row_line(row), enabled=talk)
+        if i + 1 < len(jobs) and jobs[i + 1].seed != job.seed:
+            state.render()  # a partial summary after every seed
+    return finished
+
+
+def _backend(spec: ExecutorSpec, requested: str, dev: Any, recipe: Recipe) -> tuple[Any, str]:
+    """The backend of a parallel executor and the device its tasks use; a Ray task asks for
+    ``gpus_per_job`` GPUs (default 1 when this run's device is CUDA, else 0) and then uses
+    the one Ray gives it (``cuda``: Ray sets ``CUDA_VISIBLE_DEVICES``)."""
+    if spec.name == "processes":
+        return ProcessBackend(spec.jobs, str(requested)), str(dev)
+    gpus = recipe.gpus_per_job if recipe.gpus_per_job is not None else (1.0 if dev.type == "cuda" else 0.0)
+    return RayBackend(spec.ray_address, spec.jobs, gpus), "cuda" if gpus > 0 else "cpu"
 
 
 def check_run(
@@ -137,11 +178,16 @@ def check_run(
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     device: str = "auto",
+    executor: str = "local",
+    jobs: int | None = None,
+    ray_address: str | None = None,
 ) -> Path:
     """Every check :func:`run_recipe` makes before it writes a file (the device, the plan,
     :func:`~robustprune.recipe.preflight.preflight`: data, model options, checkpoint; the run
     directory and, with ``resume``, its ``config.toml``), writing and downloading nothing:
-    what ``robustprune run --dry-run`` runs. Returns the directory a run would write."""
+    what ``robustprune run --dry-run`` runs; the executor options are checked too (Ray
+    installed, its address reachable). Returns the directory a run would write."""
+    executor_spec(executor, jobs, ray_address)
     distributed.resolve_device(device)
     plan_jobs(recipe)
     preflight(dict(variants(recipe)).values(), fetch=False)

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 from robustprune.attacks import AdversarialConfig
 from robustprune.errors import InvalidArgumentError
 
-__all__ = ["FitConfig", "SCHEDULERS", "AMP_MODES", "AmpMode", "resolve_config"]
+__all__ = ["FitConfig", "SCHEDULERS", "AMP_MODES", "AmpMode", "COMPILE_MODES", "compile_mode", "resolve_config"]
 
 
 #: learning-rate schedules of ``timm.scheduler.create_scheduler_v2`` that ``fit`` accepts
@@ -23,6 +23,8 @@ _AmpName = Literal["auto", "bf16", "off"]
 #: the ``amp`` settings of :class:`FitConfig` (or True for "bf16", False for "off")
 AMP_MODES: tuple[str, ...] = get_args(_AmpName)
 AmpMode = _AmpName | bool
+#: the ``torch.compile`` modes :class:`FitConfig` accepts as ``compile=``
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +50,14 @@ class FitConfig:
             :class:`~robustprune.attacks.AdversarialConfig` (a dict of its fields is
             converted): PGD, FGSM-RS or TRADES.
         optimizer_kwargs, scheduler_kwargs: extra keyword arguments for timm's factories.
+        channels_last: train the model and batches in the channels-last memory format (the
+            layout tensor cores want; the same numbers up to float reassociation).
+        compile: ``torch.compile`` the forward of the training step: False (default), True
+            (mode "default") or a mode of :data:`COMPILE_MODES`, e.g.
+            ``"max-autotune-no-cudagraphs"``. Attacks and regularizers run the plain model.
+        cuda_graphs: replay the compiled forward as CUDA graphs (``torch.compile`` mode
+            "reduce-overhead"); CUDA only, refused on a CPU. Off by default (with ``compile``
+            and ``cuda_graphs`` the kernels, and so the last bits of the losses, change).
     """
 
     epochs: int
@@ -63,6 +73,9 @@ class FitConfig:
     adversarial: AdversarialConfig | None = None
     optimizer_kwargs: Mapping[str, Any] | None = None
     scheduler_kwargs: Mapping[str, Any] | None = None
+    channels_last: bool = False
+    compile: bool | str = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 0)
@@ -79,6 +92,7 @@ class FitConfig:
                 f"amp must be one of {', '.join(AMP_MODES)} (or True/False), got {self.amp!r}.",
                 argument="amp",
             )
+        _check_speed_flags(self.channels_last, self.compile, self.cuda_graphs)
         object.__setattr__(self, "adversarial", _as_adversarial(self.adversarial))
         for name in ("optimizer_kwargs", "scheduler_kwargs"):
             value = getattr(self, name)
@@ -148,6 +162,32 @@ def _check_real(name: str, value: Any, *, low: float, strict: bool = False) -> N
         bound = f"> {low:g}" if strict else f">= {low:g}"
         raise InvalidArgumentError(f"{name} must be a finite number {bound}, got {value!r}.", argument=name)
 
+
+
+def _check_speed_flags(channels_last: Any, compile: Any, cuda_graphs: Any) -> None:
+    for name, value in (("channels_last", channels_last), ("cuda_graphs", cuda_graphs)):
+        if not isinstance(value, bool):
+            raise InvalidArgumentError(f"{name} must be True or False, got {value!r}.", argument=name)
+    if not (isinstance(compile, bool) or compile in COMPILE_MODES):
+        raise InvalidArgumentError(
+            f"compile must be True/False or a torch.compile mode ({', '.join(COMPILE_MODES)}), got {compile!r}.",
+            argument="compile",
+        )
+    if cuda_graphs and isinstance(compile, str) and compile not in ("default", "reduce-overhead"):
+        raise InvalidArgumentError(
+            f"cuda_graphs=True replays CUDA graphs (compile mode 'reduce-overhead'); compile={compile!r} "
+            "is another mode. Drop one of the two.",
+            argument="cuda_graphs",
+        )
+
+
+def compile_mode(cfg: FitConfig) -> str | None:
+    """The ``torch.compile`` mode of the training forward, None for no compilation."""
+    if cfg.cuda_graphs:
+        return "reduce-overhead"
+    if cfg.compile is False:
+        return None
+    return "default" if cfg.compile is True else str(cfg.compile)
 
 
 def _as_adversarial(adversarial: AdversarialConfig | Mapping[str, Any] | None) -> AdversarialConfig | None:

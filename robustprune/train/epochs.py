@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from robustprune import distributed
@@ -145,7 +146,13 @@ class Run:
         return changed
 
     def _wrap(self) -> nn.Module:
+        """The module the training forwards go through: the model (channels-last if asked),
+        wrapped in DistributedDataParallel under torchrun, compiled if asked."""
         net, dev = self.state.net, self.settings.device
-        if not self.ctx.distributed:
-            return net
-        return nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if self.settings.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if self.ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if self.settings.compile_mode is not None:
+            net = torch.compile(net, mode=self.settings.compile_mode)
+        return net

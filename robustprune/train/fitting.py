@@ -37,7 +37,7 @@ from robustprune._inputs import (
 )
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners.schedules import ScheduledPruning
-from robustprune.train.config import FitConfig, resolve_config
+from robustprune.train.config import FitConfig, compile_mode, resolve_config
 from robustprune.train.distill import DistillConfig, check_teacher
 from robustprune.train.epochs import Extras, Run
 from robustprune.train.loggers import Logger, check_loggers
@@ -143,6 +143,12 @@ def fit(
     extras = _check_extras(cfg, pruning, distill, resume_from, keep_checkpoints, checkpoint_dir)
     train_loader, test_loader = split_loaders(loaders)
     dev = distributed.resolve_device(device)
+    if cfg.cuda_graphs and dev.type != "cuda":
+        raise InvalidArgumentError(
+            f"cuda_graphs=True needs a CUDA device; fit runs on {dev}. Drop cuda_graphs (or pass "
+            "device='cuda').",
+            argument="cuda_graphs",
+        )
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
     check_materialized(net, "fit")
@@ -241,7 +247,7 @@ def _prepare(
     fingerprint.update(extras.fingerprint())
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     settings = LoopSettings(cfg.adversarial, amp, dev, cfg.clip_grad_norm, progress, cfg.epochs, ckpt_path,
-                            distill=distill)
+                            distill=distill, channels_last=cfg.channels_last, compile_mode=compile_mode(cfg))
     state = TrainingState(net, opt, sched, regs, train_loader, torch.Generator(device=dev))
     def rebuild(epoch: int, target: nn.Module | None = None) -> tuple[Any, Any]:
         """The optimizer and scheduler after a pruning step before ``epoch``: one schedule

@@ -59,6 +59,8 @@ class LoopSettings:
     epochs: int
     checkpoint: Path | None
     distill: DistillConfig | None = None
+    channels_last: bool = False  # model and batches in the channels-last memory format
+    compile_mode: str | None = None  # torch.compile mode of the training forward (None: eager)
 
 
 class Loop:
@@ -191,6 +193,8 @@ class Loop:
                 f"{exc} fit stopped before using this batch: {self.where_now()}.", argument=exc.argument
             ) from exc
         x, y = to_device((x, y), self.device)
+        if self.settings.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss, reg, correct = self.step(x, y, where)
         self.last_update = (epoch + 1, i + 1)
         n = y.shape[0]

@@ -1,0 +1,179 @@
+"""Executors of a recipe run: ``processes`` and ``ray`` write the rows of a sequential
+(``local``) run, respect the job graph, resume, report a failed job with its id while the
+others finish, and refuse bad options with one clear line before any job starts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from robustprune.errors import InvalidArgumentError
+from robustprune.recipe import load_recipe, plan_jobs, run_recipe
+from robustprune.recipe.execute import dependencies
+from robustprune.recipe.executors import JobsFailedError, executor_spec
+
+TEXT = """
+name = "exec"
+seeds = [0, 1]
+threads = 1
+[data]
+name = "digits"
+batch_size = 128
+[model]
+name = "cnn-small"
+widths = [4, 8]
+convs_per_stage = 1
+[train]
+epochs = 1
+lr = 0.1
+[[prune]]
+method = "fixed"
+ratio = [0.5]
+[[prune]]
+method = "scratch"
+match = "fixed"
+[finetune]
+epochs = 1
+lr = 0.02
+[eval]
+eps = 0.1
+attacks = ["apgd-ce"]
+n_examples = 16
+n_iter = 3
+latency = false
+"""
+TIMING = {"seconds", "timing_s"}
+
+
+def _recipe(tmp_path: Path, *overrides: str) -> Any:
+    path = tmp_path / "exec.toml"
+    path.write_text(TEXT, encoding="utf-8")
+    return load_recipe(path, [f"output={json.dumps(str(tmp_path / 'runs'))}", *overrides])
+
+
+def _untimed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMING}
+    return [_untimed(v) for v in value] if isinstance(value, list) else value
+
+
+def _stable(rows: Any, *run_dirs: Path) -> list[dict[str, Any]]:
+    """The rows without timing fields (at any depth), the run directories written as RUN."""
+    text = json.dumps(_untimed(list(rows)), sort_keys=True)
+    for run_dir in run_dirs:
+        text = text.replace(str(run_dir), "RUN")
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    tmp = tmp_path_factory.mktemp("exec")
+    recipe = _recipe(tmp)
+    return recipe, run_recipe(recipe, run_dir=tmp / "local", progress=False)
+
+
+def test_the_job_graph_waits_for_the_dense_model_and_the_matched_job(local_run) -> None:
+    recipe, _ = local_run
+    deps = {job.id: dependencies(job) for job in plan_jobs(recipe)}
+    assert deps["seed0/dense"] == ()
+    assert deps["seed1/fixed/ratio=0.5"] == ("seed1/dense",)
+    assert deps["seed0/scratch/match=fixed:ratio=0.5"] == ("seed0/dense", "seed0/fixed/ratio=0.5")
+
+
+def test_processes_give_the_rows_of_a_local_run(local_run, tmp_path: Path) -> None:
+    recipe, local = local_run
+    out = tmp_path / "proc"
+    result = run_recipe(recipe, run_dir=out, progress=False, executor="processes", jobs=2)
+    assert [r["id"] for r in result.rows] == [r["id"] for r in local.rows]  # plan order
+    assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
+    assert (out / "summary.md").is_file()
+
+    # resume: a deleted row (its checkpoint kept) is measured again, the file ends the same
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:1] + lines[2:]))
+    again = run_recipe(recipe, run_dir=out, resume=True, progress=False, executor="processes", jobs=2)
+    assert _stable(again.rows, out) == _stable(local.rows, local.run_dir)
+
+
+def test_a_failed_job_is_reported_with_its_id_and_the_others_finish(local_run, tmp_path: Path) -> None:
+    recipe, local = local_run
+    out = tmp_path / "broken"
+    shutil.copytree(local.run_dir, out)
+    kept = [r for r in local.rows if r["label"] == "dense"]  # the pruned and scratch jobs run again
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    (out / "results.jsonl").write_text(text.replace(str(local.run_dir), str(out)))
+    (out / "checkpoints" / "seed1" / "fixed__ratio=0.5.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(JobsFailedError) as info:
+        run_recipe(recipe, run_dir=out, resume=True, progress=False, executor="processes", jobs=2)
+    failures = info.value.failures
+    assert set(failures) == {"seed1/fixed/ratio=0.5", "seed1/scratch/match=fixed:ratio=0.5"}
+    assert "seed1/fixed/ratio=0.5" in str(info.value) and "needs seed1/fixed/ratio=0.5" in str(info.value)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    expected = [r for r in local.rows if r["id"] not in failures]
+    # in plan order; a copied checkpoint records the copied run's paths
+    assert _stable(rows, out, local.run_dir) == _stable(expected, local.run_dir)
+
+
+def test_ray_gives_the_rows_of_a_local_run(local_run, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    recipe, local = local_run
+    out = tmp_path / "ray"
+    result = run_recipe(recipe, run_dir=out, progress=False, executor="ray", jobs=2)
+    assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "threads"}, r"unknown executor; choose one of local, processes, ray"),
+        ({"name": "processes", "jobs": 0}, r"--jobs 0: .* integer >= 1"),
+        ({"name": "processes", "jobs": "two"}, r"--jobs 'two'"),
+        ({"name": "local", "jobs": 2}, r"--jobs needs --executor processes or --executor ray"),
+        ({"name": "processes", "ray_address": "h:1"}, r"--ray-address needs --executor ray"),
+        ({"name": "ray", "ray_address": "127.0.0.1:1"}, r"no Ray cluster answers there.*ray start --head"),
+        ({"name": "ray", "ray_address": "nohost"}, r"give HOST:PORT"),
+    ],
+)
+def test_bad_executor_options_are_one_clear_line(kwargs: dict[str, Any], match: str) -> None:
+    if kwargs.get("ray_address") and kwargs["name"] == "ray":
+        pytest.importorskip("ray")
+    with pytest.raises(InvalidArgumentError, match=match) as info:
+        executor_spec(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_ray_not_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(InvalidArgumentError, match=r"pip install 'robustprune\[ray\]'"):
+        executor_spec("ray")
+
+
+def test_bad_options_fail_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustprune.cli import main
+
+    recipe = tmp_path / "exec.toml"
+    recipe.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "never"
+    for args in (["--executor", "nope"], ["--executor", "processes", "--jobs", "0"], ["--jobs", "2"]):
+        assert main(["run", str(recipe), "--run-dir", str(out), *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("--executor" in err or "--jobs" in err)
+        assert not out.exists()
+
+
+def test_gpus_per_job_is_a_checked_recipe_key(tmp_path: Path) -> None:
+    from robustprune.errors import RecipeError
+
+    assert _recipe(tmp_path, "gpus_per_job=0.5").gpus_per_job == 0.5
+    assert "gpus_per_job = 0.5" in _recipe(tmp_path, "gpus_per_job=0.5").to_toml()
+    with pytest.raises(RecipeError, match="gpus_per_job"):
+        _recipe(tmp_path, "gpus_per_job=-1")
