@@ -70,7 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             + " | " + " | ".join(f"{statistics.median(latency[t]):.3f}" for t in counts) + " |"
         )
     load_after = os.getloadavg()
+    command = "python benchmarks/bench_threads.py" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
     text = "\n".join([
+        "# CPU threads: seconds per evaluation at each thread count", "",
+        f"Command: `{command}`. A load average above the CPU count means other jobs shared the "
+        "machine: the slowdown of extra threads is then mostly waiting for busy cores, which is "
+        "the case the default guards against.", "",
         f"`evaluate` (clean pass, MACs, latency, APGD-CE + APGD-T on {n_examples} examples, "
         f"{n_iter} iterations), median of {repeats} run(s) per thread count.",
         "",
