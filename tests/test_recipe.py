@@ -74,7 +74,7 @@ def test_main_recipe_compares_the_recommended_pipeline_with_the_previous_default
     assert recipe.finetune.adversarial is not None
     assert recipe.finetune.lr == recipe.train.lr  # the recommendation: rewind the lr
     assert entry_lr(recipe, by["previous-default"]) < recipe.train.lr
-    assert by["recommended"].reference == "previous-default" and by["recommended"].scratch == "scratch"
+    assert recipe.compare.reference == "previous-default" and recipe.compare.scratch == "scratch"
     assert by["scratch"].method == "scratch" and by["scratch"].match == "recommended"
     assert by["early"].schedule is not None and by["early"].schedule.kind == "during-training"
     assert set(recipe.eval.attacks) == {"apgd-ce", "apgd-t"}
