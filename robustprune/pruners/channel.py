@@ -153,6 +153,8 @@ class ChannelPruner(Pruner):
         if not groups:
             warn_nothing_prunable(model)
         rule = self.rule
+        # set before counts_fraction can run (a rule's preparation may call it)
+        round_to = self.round_to if self.round_to is not None else default_round_to(model)
 
         def counts_fraction(counts: Sequence[int | None]) -> float:
             return planned_macs(model, inputs, groups, self._final_counts(groups, counts, round_to), trace) / trace.macs
@@ -163,11 +165,8 @@ class ChannelPruner(Pruner):
         )
         measured.update(_prepared(rule, context))
         setting = {**self.settings(), **measured}
-        round_to = self.round_to
-        if round_to is None:
-            round_to = default_round_to(model)
-            if round_to is not None:
-                setting["round_to"], setting["round_to_default"] = round_to, "CUDA"
+        if self.round_to is None and round_to is not None:
+            setting["round_to"], setting["round_to_default"] = round_to, "CUDA"
         macs_planned = None
         if self.target_macs is None:
             strength = rule.strength
