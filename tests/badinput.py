@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -115,3 +116,24 @@ def expect_cli_refusal(argv: list[str], match: str | None = None) -> str:
 
         assert re.search(match, err), err
     return err
+
+
+def tiny_recipe(name: str, output: str | None = None) -> str:
+    """The smallest runnable recipe (digits, a width-8 fcn, one epoch, one pruned model, 8
+    attacked examples) that the CLI suites run and corrupt; ``output`` sets its runs folder."""
+    head = f"name = {json.dumps(name)}\n" + (f"output = {json.dumps(output)}\n" if output is not None else "")
+    return head + """seeds = [0]
+[data]
+name = "digits"
+[model]
+name = "fcn"
+width = 8
+[train]
+epochs = 1
+[[prune]]
+method = "epsilon"
+eps = [0.4]
+[eval]
+n_examples = 8
+latency = false
+"""

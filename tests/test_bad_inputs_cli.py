@@ -12,31 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from badinput import expect_cli_refusal, run_cli
+from badinput import expect_cli_refusal, run_cli, tiny_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robustprune.checkpoint import save_pruned
 from robustprune.models import create_model
-
-RECIPE = """
-name = "bad-cli"
-output = {output}
-seeds = [0]
-[data]
-name = "digits"
-[model]
-name = "fcn"
-width = 8
-[train]
-epochs = 1
-[[prune]]
-method = "epsilon"
-eps = [0.4]
-[eval]
-n_examples = 8
-latency = false
-"""
 
 ROW = {"label": "dense", "setting": "-", "seed": 0, "macs": 10.0, "params": 5.0, "macs_kept": 1.0, "clean_accuracy": 0.5}
 
@@ -44,7 +25,7 @@ ROW = {"label": "dense", "setting": "-", "seed": 0, "macs": 10.0, "params": 5.0,
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ws")
-    (d / "recipe.toml").write_text(RECIPE.format(output=json.dumps(str(d / "runs"))), encoding="utf-8")
+    (d / "recipe.toml").write_text(tiny_recipe("bad-cli", output=str(d / "runs")), encoding="utf-8")
     (d / "afile").write_text("not a directory", encoding="utf-8")
     (d / "adir").mkdir()
     torch.manual_seed(0)

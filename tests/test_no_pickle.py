@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from badinput import Case, expect_cli_refusal, expect_refusal
+from badinput import Case, expect_cli_refusal, expect_refusal, tiny_recipe
 
 from robustprune.checkpoint import FORMAT, load_pruned
 from robustprune.data import create_loaders
@@ -20,23 +20,7 @@ from robustprune.models import create_model
 from robustprune.recipe import load_recipe
 from robustprune.train import fit
 
-RECIPE = """
-name = "no-pickle"
-seeds = [0]
-[data]
-name = "digits"
-[model]
-name = "fcn"
-width = 8
-[train]
-epochs = 1
-[[prune]]
-method = "epsilon"
-eps = [0.4]
-[eval]
-n_examples = 8
-latency = false
-"""
+RECIPE = tiny_recipe("no-pickle")
 
 
 class Evil:
