@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Quality: what keeps a pruned model robust (criteria, schedules, budgets, distillation, regularizers against the default pipeline and scratch)", ("quality.md",)),
     ("Paper reproduction", ("paper.md",)),
-    ("Speed, all benchmarks side by side: CPU, then the same on an H100", ("speed.md", "speed-cuda.md")),
+    ("Speed, all benchmarks side by side: CPU, then the same on an H100", ("speed.md", "speed-cuda.md", "gpu.md")),
     ("Recipe runs (and the CIFAR recipe on an H100)", ("digits-cnn.md", "digits-fcn-nnr.md", "cifar10-gpu.md")),
     ("Defaults and documented times: CPU threads, the commands the docs quote", ("threads.md", "doc_timings.md")),
     (

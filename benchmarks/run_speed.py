@@ -61,13 +61,12 @@ from bench_train import interleave, timed  # noqa: E402
 
 import robustprune as rp  # noqa: E402
 from robustprune.analysis import analyze  # noqa: E402
-from robustprune.evaluation import count_macs_params, measure_latency  # noqa: E402
+from robustprune.evaluation import count_macs_params, latency_batches, measure_latency  # noqa: E402
 from robustprune.layers import matricize, prunable_layers  # noqa: E402
 from robustprune.models import create_model, model_spec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MEASUREMENTS = ("prune", "analyze", "regularizers", "train", "eval", "latency")
-LATENCY_BATCHES = (1, 64)
 Log = Callable[[str], None]
 
 
@@ -470,15 +469,18 @@ def measure_pruned_latency(
     runs: int = 5,
     warmup: int = 1,
     target_macs: float = 0.5,
-    batches: Sequence[int] = LATENCY_BATCHES,
+    batches: Sequence[int] | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Forward latency (eval mode, no grad) of ``resnet18-cifar`` (random weights) dense and
     pruned to ``target_macs`` of its MACs by ``rp.prune(model, target_macs=..., example_inputs=x)``
     with ``method="epsilon"`` and ``method="fixed"``. Per batch size, the three models are
     interleaved ``repeats`` times; each sample is
-    :func:`robustprune.evaluation.measure_latency`'s median of ``runs`` warm runs (ms)."""
+    :func:`robustprune.evaluation.measure_latency`'s median of ``runs`` warm runs (ms).
+    ``batches`` default: :func:`robustprune.evaluation.latency_batches` (1 and 64 on a CPU,
+    1, 64 and 256 on CUDA)."""
     dev = torch.device(device)
+    batches = tuple(batches) if batches is not None else latency_batches(dev)
     torch.manual_seed(0)
     dense = create_model("resnet18-cifar", width=width).eval().to(dev)
     shape = (3, 32, 32)
@@ -503,7 +505,8 @@ def measure_pruned_latency(
             log(f"== batch {b}")
         latency[b] = interleave({name: sample(m) for name, m in models.items()}, repeats,
                                 warmup=warmup, log=log, fmt=lambda ms: f"{ms:.2f} ms")
-    return {"width": width, "target_macs": target_macs, "info": info, "latency": latency, "runs": runs}
+    return {"width": width, "target_macs": target_macs, "info": info, "latency": latency, "runs": runs,
+            "batches": batches}
 
 
 def _pruned_copy(
@@ -520,18 +523,20 @@ def _latency(sizes: Sizes, device: torch.device, log: Log | None) -> Measured:
                                warmup=sizes.warmup, log=log)
     rows, details = [], []
     label = {"epsilon": "ε-pruned", "fixed": "fixed-ratio"}
+    # the target holds at the largest batch: 64 on a CPU, 256 on CUDA (a GPU is only busy at
+    # realistic batches)
     for method in ("epsilon", "fixed"):
-        for b in LATENCY_BATCHES:
+        for b in r["batches"]:
             dense = statistics.median(r["latency"][b]["dense"])
             pruned = statistics.median(r["latency"][b][method])
-            target = 1.5 if (method == "epsilon" and b == 64) else None
+            target = 1.5 if (method == "epsilon" and b == max(r["batches"])) else None
             rows.append(Row(f"latency speedup, batch {b}: {label[method]} to 50% MACs vs dense",
                             pruned, dense, "ms", dense / pruned, target, speedup=True))
     info = r["info"]
     for name in ("dense", "epsilon", "fixed"):
         i = info[name]
         prune = f", pruned in {i['prune_s']:.1f} s" if "prune_s" in i else ""
-        samples = "; ".join(f"batch {b}: {_runs(r['latency'][b][name])} ms" for b in LATENCY_BATCHES)
+        samples = "; ".join(f"batch {b}: {_runs(r['latency'][b][name])} ms" for b in r["batches"])
         details.append(f"{name}: {i['macs'] / 1e6:.0f}M MACs, {i['params'] / 1e6:.2f}M params{prune}; {samples}.")
     width = "" if r["width"] == 64 else f" (width {r['width']})"
     details.append(

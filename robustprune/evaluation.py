@@ -29,6 +29,7 @@ from robustprune._inputs import (
     resolve_example_inputs,
     restore_modes,
 )
+from robustprune._speed import check_cuda_graphs
 from robustprune.attacks import Norm, RobustResult, rebatch, robust_accuracy
 from robustprune.attacks.autoattack import check_robust_arguments
 from robustprune.errors import InvalidArgumentError
@@ -116,6 +117,9 @@ def evaluate(
     n_iter: int = 100,
     progress: bool = True,
     state_path: str | os.PathLike[str] | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
+    cuda_graphs: bool = False,
 ) -> EvalResult:
     """Clean accuracy, robust accuracy, MACs, params and latency of ``model``.
 
@@ -123,8 +127,9 @@ def evaluate(
         model: inputs in [0, 1] -> logits; put in eval mode (its mode is restored) and
             moved to ``device``.
         loader: the test DataLoader (unshuffled) or a tuple ``(x, y)`` of tensors.
-        norm, eps, attacks, n_examples, seed, batch_size, n_iter, state_path: the robust
-            evaluation, see :func:`robustprune.attacks.robust_accuracy`; ``eps=None`` skips it.
+        norm, eps, attacks, n_examples, seed, batch_size, n_iter, state_path, channels_last,
+            compile, cuda_graphs: the robust evaluation, see
+            :func:`robustprune.attacks.robust_accuracy`; ``eps=None`` skips it.
         example_inputs: one input batch for counting MACs; default a single example of
             the shape recorded by ``create_model``, else the loader's first example.
         latency: measure the median forward time at batch 1 and 64.
@@ -137,9 +142,12 @@ def evaluate(
     if eps is not None:
         check_robust_arguments(
             eps=eps, norm=norm, attacks=attacks, n_examples=n_examples, batch_size=batch_size,
-            seed=seed, n_iter=n_iter, state_path=state_path,
+            seed=seed, n_iter=n_iter, state_path=state_path, channels_last=channels_last,
+            compile=compile, cuda_graphs=cuda_graphs,
         )
     dev = distributed.resolve_device(device)
+    if eps is not None:
+        check_cuda_graphs(cuda_graphs, dev, "evaluate")
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
     check_materialized(net, "evaluate")
@@ -158,7 +166,7 @@ def evaluate(
         robust = robust_accuracy(
             net, loader, norm=norm, eps=eps, attacks=attacks, n_examples=n_examples,
             batch_size=batch_size, seed=seed, device=dev, n_iter=n_iter, progress=progress,
-            state_path=state_path,
+            state_path=state_path, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,
         )
         if robust.robust_accuracy > robust.clean_accuracy:
             raise RuntimeError(

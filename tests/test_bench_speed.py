@@ -51,7 +51,7 @@ def test_dry_run_reports_every_measurement_with_a_finite_ratio(run_speed, tmp_pa
         len(sizes.prune_models) + len(sizes.analyze_models) + len(sizes.analyze_narrow)
         + len(run_speed.bench_regularizers.configs()) - 1  # every regularizer vs the plain step
         + 1 + 1  # train, eval
-        + 2 * len(run_speed.LATENCY_BATCHES)  # ε-pruned and fixed-ratio, per batch size
+        + 2 * len(run_speed.latency_batches(torch.device("cpu")))  # ε-pruned and fixed-ratio, per batch size
     )
     assert len(rows) == expected
     for name, (ours, reference, ratio, target, verdict) in rows.items():

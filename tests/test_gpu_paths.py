@@ -128,3 +128,107 @@ def test_bench_gpu_peak_table_and_refusal_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         bench.main(["--device", "cuda"])
+
+
+class _Counting(torch.nn.Module):
+    """What a monkeypatched torch.compile returns: the module, its calls counted."""
+
+    def __init__(self, module, mode):
+        super().__init__()
+        self.module, self.mode, self.calls = module, mode, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.module(x)
+
+
+def test_compiled_fit_sends_the_training_attack_through_the_compiled_model(monkeypatch):
+    adv = {"kind": "pgd", "eps": 0.1, "steps": 3}
+    plain, _ = _tiny_run(adversarial=adv)
+    made = []
+
+    def fake_compile(module, mode=None):
+        made.append(_Counting(module, mode))
+        return made[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled, _ = _tiny_run(adversarial=adv, compile=True)
+    attacker, forward = made  # the attack's model (no DDP wrapper) first, then the training forward
+    assert attacker.mode == forward.mode == "default"
+    assert attacker.calls >= 2 * 3 and forward.calls >= 2  # 2 batches x 3 PGD steps, 2 forwards
+    assert compiled.history[0].loss == pytest.approx(plain.history[0].loss, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- the robust evaluation's path
+
+from robustprune.attacks import robust_accuracy  # noqa: E402
+from robustprune.recipe.sections import EvalConfig  # noqa: E402
+
+
+def _eval_data():
+    torch.manual_seed(0)
+    model = create_model("cnn-small", widths=(4, 4, 8))
+    g = torch.Generator().manual_seed(2)
+    return model, (torch.rand(24, 1, 8, 8, generator=g), torch.randint(0, 10, (24,), generator=g))
+
+
+def test_channels_last_evaluation_matches_eager_and_puts_the_weights_back():
+    model, data = _eval_data()
+    before = [p.clone() for p in model.parameters()]
+    eager = robust_accuracy(model, data, eps=0.1, n_iter=5, batch_size=12, device="cpu", progress=False)
+    fast = robust_accuracy(model, data, eps=0.1, n_iter=5, batch_size=12, device="cpu", progress=False,
+                           channels_last=True)
+    assert eager.forward == "eager" and fast.forward == "eager, channels-last"
+    assert fast.clean_accuracy == eager.clean_accuracy
+    assert abs(fast.robust_accuracy - eager.robust_accuracy) <= 1 / 24  # a boundary point may flip
+    assert all(p.is_contiguous() and torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_compiled_evaluation_attacks_through_the_compiled_model(monkeypatch):
+    model, data = _eval_data()
+    eager = robust_accuracy(model, data, eps=0.1, n_iter=5, batch_size=12, device="cpu", progress=False)
+    made = []
+
+    def fake_compile(module, mode=None):
+        made.append(_Counting(module, mode))
+        return made[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = robust_accuracy(model, data, eps=0.1, n_iter=5, batch_size=12, device="cpu", progress=False,
+                             compile="max-autotune-no-cudagraphs")
+    assert len(made) == 1 and made[0].mode == "max-autotune-no-cudagraphs" and made[0].calls > 10
+    assert result.forward == "compiled (max-autotune-no-cudagraphs)"
+    assert result.robust_accuracy == eager.robust_accuracy  # the same module underneath
+
+
+def test_evaluation_speed_flags_are_refused_before_anything_runs():
+    model, data = _eval_data()
+    with pytest.raises(InvalidArgumentError, match="cuda_graphs=True needs a CUDA device"):
+        robust_accuracy(model, data, eps=0.1, device="cpu", cuda_graphs=True)
+    with pytest.raises(InvalidArgumentError, match="cuda_graphs=True needs a CUDA device"):
+        evaluation.evaluate(model, data, eps=0.1, device="cpu", cuda_graphs=True, latency=False)
+    with pytest.raises(InvalidArgumentError, match="torch.compile mode"):
+        evaluation.evaluate(model, data, eps=0.1, device="cpu", compile="turbo")
+    with pytest.raises(InvalidArgumentError, match="channels_last must be True or False"):
+        EvalConfig(eps=0.1, channels_last="yes")
+    assert EvalConfig(eps=0.1, compile="reduce-overhead").compile == "reduce-overhead"
+
+
+def test_bench_gpu_dry_run_reports_every_workload_dense_and_pruned(tmp_path):
+    bench = _bench_gpu()
+    bench.main(["--dry-run", "--out", str(tmp_path)])
+    text = (tmp_path / "gpu.md").read_text()
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    header, body = rows[0], rows[1:]
+    assert "% of measured ceiling" in header and "speedup vs dense" in header
+    workloads = {(r[0], r[2]) for r in body}
+    assert {w for w, _ in workloads} == {"standard training", "PGD-2 training", "APGD-CE, 5 it"}
+    for w, path in workloads:  # every workload and path, dense and pruned
+        models = [r[1] for r in body if (r[0], r[2]) == (w, path)]
+        assert models == ["dense", "ε-pruned 50%"], (w, path)
+    assert ("PGD-2 training", "bf16, channels-last, compiled") in workloads
+    for r in body:
+        assert float(r[3].replace(",", "")) > 0 and r[5].endswith("%")
+        assert (r[7] == "–") == (r[1] == "dense")
+    assert "(50%)" in text and "batch 256" in text

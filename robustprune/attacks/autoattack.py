@@ -27,6 +27,13 @@ from robustprune._inputs import (
 )
 from robustprune._progress import bar as progress_bar
 from robustprune._progress import interactive
+from robustprune._speed import (
+    check_cuda_graphs,
+    check_speed_flags,
+    compile_mode_of,
+    fast_path,
+    path_label,
+)
 from robustprune.attacks._ensemble import Ensemble
 from robustprune.attacks._state import EvalState, check_state_path, checksum
 from robustprune.attacks.batches import num_examples, rebatch
@@ -60,10 +67,13 @@ class RobustResult:
             reports it): ``per_attack[attacks[-1]] == robust_accuracy``.
         norm, eps, attacks, n_iter, seed, batch_size: the settings used.
         n: number of examples evaluated.
-        precision: the arithmetic of the model's forwards: ``"fp32"`` always (no autocast,
-            no compilation: results stay comparable across runs), or ``"tf32"`` where the run
+        precision: the arithmetic of the model's forwards: ``"fp32"`` always (no autocast:
+            results stay comparable across runs), or ``"tf32"`` where the run
             was on CUDA with TF32 matmuls or convolutions enabled
             (``torch.backends.cuda.matmul.allow_tf32`` / ``torch.backends.cudnn.allow_tf32``).
+        forward: the path of the forwards: ``"eager"`` (default), ``"eager, channels-last"``,
+            ``"compiled (default)"``... (see ``channels_last``/``compile`` of
+            :func:`robust_accuracy`).
     """
 
     clean_accuracy: float
@@ -79,6 +89,7 @@ class RobustResult:
     version: str = "custom"
     library: str = "pyautoattack==0.2.0"
     precision: str = "fp32"
+    forward: str = "eager"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of every field."""
@@ -120,6 +131,9 @@ def robust_accuracy(
     n_iter: int = 100,
     progress: bool = True,
     state_path: str | os.PathLike[str] | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
+    cuda_graphs: bool = False,
 ) -> RobustResult:
     """Robust accuracy under the official AutoAttack attacks (``pyautoattack==0.2.0``).
 
@@ -159,25 +173,37 @@ def robust_accuracy(
         state_path: a JSON file that records the counts of every finished batch (written
             atomically by rank 0); a later call with the same settings and model skips the
             batches it lists, so an interrupted evaluation resumes where it stopped.
+        channels_last, compile, cuda_graphs: the speed path of the attacks' forwards and
+            backwards (off by default): the model's 4-D weights and the inputs in the
+            channels-last memory format (the weights are put back afterwards),
+            ``torch.compile`` (True or a mode of :data:`robustprune._speed.COMPILE_MODES`),
+            CUDA-graph replay (CUDA only; compile mode "reduce-overhead"). The arithmetic
+            stays fp32 (or TF32, see ``precision``), but other kernels change the last bits of
+            the logits, so a point on the decision boundary can flip: compare results made on
+            the same path (``RobustResult.forward`` records it).
     """
     names, version = check_robust_arguments(
         eps=eps, norm=norm, attacks=attacks, n_examples=n_examples, batch_size=batch_size,
-        seed=seed, n_iter=n_iter, state_path=state_path,
+        seed=seed, n_iter=n_iter, state_path=state_path, channels_last=channels_last,
+        compile=compile, cuda_graphs=cuda_graphs,
     )
     dev = distributed.resolve_device(device)
+    check_cuda_graphs(cuda_graphs, dev, "robust_accuracy")
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
     check_materialized(net, "robust_accuracy")
     _check_fp32(net)
     _check_order(data, ctx)
-    run = _Run(names, norm, float(eps), seed, n_iter, batch_size, n_examples, dev)
+    run = _Run(names, norm, float(eps), seed, n_iter, batch_size, n_examples, dev, channels_last,
+               compile_mode_of(compile, cuda_graphs))
     modes = module_modes(net)
     bar = None
     try:
         net.eval().to(dev)
         state = EvalState(state_path, run.state_settings(net), ctx)
         bar = _progress_bar(data, batch_size, n_examples, enabled=progress and ctx.is_main)
-        counts = _attack_batches(net, data, run, state, ctx, bar)
+        with fast_path(net, run.channels_last, run.compile_mode) as forward:
+            counts = _attack_batches(forward, data, run, state, ctx, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -189,7 +215,7 @@ def robust_accuracy(
 
 def check_robust_arguments(
     *, eps: Any, norm: Any, attacks: Any, n_examples: Any, batch_size: Any, seed: Any, n_iter: Any,
-    state_path: Any = None,
+    state_path: Any = None, channels_last: Any = False, compile: Any = False, cuda_graphs: Any = False,
 ) -> tuple[tuple[str, ...], str]:
     """Refuse bad settings of :func:`robust_accuracy` before anything runs (also called by
     :func:`robustprune.evaluation.evaluate` before its clean pass); returns the attack
@@ -202,6 +228,7 @@ def check_robust_arguments(
     check_int("n_iter", n_iter, low=1)
     check_int("seed", seed, low=0)
     check_state_path(state_path)
+    check_speed_flags(channels_last, compile, cuda_graphs)
     return names, version
 
 
@@ -217,6 +244,8 @@ class _Run:
     batch_size: int
     n_examples: int | None
     device: torch.device
+    channels_last: bool = False
+    compile_mode: str | None = None
 
     def state_settings(self, net: nn.Module) -> dict[str, Any]:
         """What a state file must match to be resumed (the model by its checksum)."""
@@ -243,6 +272,8 @@ def _attack_batches(
                 bar.update(1)
             if index % ctx.world_size == ctx.rank and index not in state.done:
                 x = x.to(dev, torch.float32, non_blocking=True)
+                if run.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 y = y.to(dev, torch.long, non_blocking=True)
                 if ensemble is None:
                     check_budget_for_inputs(run.eps, run.norm, x.shape[1:])
@@ -276,6 +307,7 @@ def _result(counts: torch.Tensor, run: _Run, version: str) -> RobustResult:
         clean_accuracy=clean, robust_accuracy=robust, per_attack=per_attack, norm=run.norm,
         eps=run.eps, attacks=run.names, n_iter=run.n_iter, seed=run.seed, n=n,
         batch_size=run.batch_size, version=version, precision=float_precision(run.device),
+        forward=path_label(run.channels_last, run.compile_mode),
     )
 
 

@@ -39,7 +39,8 @@ def evaluation_row(
     attack = {
         "norm": e.norm, "attacks": "standard" if e.attacks == ("standard",) else e.attacks,
         "n_examples": e.n_examples, "seed": seed, "batch_size": e.batch_size, "n_iter": e.n_iter,
-        "progress": progress,
+        "progress": progress, "channels_last": e.channels_last, "compile": e.compile,
+        "cuda_graphs": e.cuda_graphs,
     }
     result = evaluate(
         model, loader, eps=e.eps, example_inputs=example, latency=e.latency, device=device, **attack,
@@ -60,6 +61,8 @@ def evaluation_row(
     }
     if result.robust is not None:
         settings["n"] = result.robust.n
+        if result.robust.forward != "eager":
+            settings["forward"] = result.robust.forward
     if e.extra_eps:
         settings["extra_eps"] = list(e.extra_eps)
     robust_at = None

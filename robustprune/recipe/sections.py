@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from robustprune._speed import check_speed_flags
 from robustprune.attacks import ATTACKS, NORMS
 from robustprune.data import list_datasets
 from robustprune.errors import InvalidArgumentError
@@ -187,7 +188,10 @@ class EvalConfig:
     ``extra_eps = ["8/255"]``). Every budget's robust accuracy lands in the row's
     ``robust_at``, keyed by :func:`budget_key` (``f"{eps:.6g}"``: ``"0.031"``,
     ``"0.0313725"`` for 8/255). ``split = "val"`` evaluates on the ``[data] validation``
-    split instead of the test set (to choose settings without touching the test set)."""
+    split instead of the test set (to choose settings without touching the test set).
+    ``channels_last``, ``compile``, ``cuda_graphs``: the speed path of the attacks (off by
+    default; see :func:`robustprune.attacks.robust_accuracy`), recorded in the row's
+    ``eval_settings.forward`` when one is on."""
 
     norm: str = field(default="Linf", metadata={"choices": NORMS})
     eps: float | None = None
@@ -198,9 +202,13 @@ class EvalConfig:
     batch_size: int = 256
     latency: bool = True
     split: str = field(default="test", metadata={"choices": ("test", "val")})
+    channels_last: bool = False
+    compile: bool | str = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_speed_flags(self.channels_last, self.compile, self.cuda_graphs)
         if self.eps is not None:
             check_budget("eps", self.eps, self.norm)
         self._check_extra_eps()

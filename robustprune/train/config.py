@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from robustprune._speed import COMPILE_MODES, check_speed_flags, compile_mode_of
 from robustprune.attacks import AdversarialConfig
 from robustprune.errors import InvalidArgumentError
 
@@ -23,8 +24,6 @@ _AmpName = Literal["auto", "bf16", "off"]
 #: the ``amp`` settings of :class:`FitConfig` (or True for "bf16", False for "off")
 AMP_MODES: tuple[str, ...] = get_args(_AmpName)
 AmpMode = _AmpName | bool
-#: the ``torch.compile`` modes :class:`FitConfig` accepts as ``compile=``
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +91,7 @@ class FitConfig:
                 f"amp must be one of {', '.join(AMP_MODES)} (or True/False), got {self.amp!r}.",
                 argument="amp",
             )
-        _check_speed_flags(self.channels_last, self.compile, self.cuda_graphs)
+        check_speed_flags(self.channels_last, self.compile, self.cuda_graphs)
         object.__setattr__(self, "adversarial", _as_adversarial(self.adversarial))
         for name in ("optimizer_kwargs", "scheduler_kwargs"):
             value = getattr(self, name)
@@ -163,31 +162,9 @@ def _check_real(name: str, value: Any, *, low: float, strict: bool = False) -> N
         raise InvalidArgumentError(f"{name} must be a finite number {bound}, got {value!r}.", argument=name)
 
 
-
-def _check_speed_flags(channels_last: Any, compile: Any, cuda_graphs: Any) -> None:
-    for name, value in (("channels_last", channels_last), ("cuda_graphs", cuda_graphs)):
-        if not isinstance(value, bool):
-            raise InvalidArgumentError(f"{name} must be True or False, got {value!r}.", argument=name)
-    if not (isinstance(compile, bool) or compile in COMPILE_MODES):
-        raise InvalidArgumentError(
-            f"compile must be True/False or a torch.compile mode ({', '.join(COMPILE_MODES)}), got {compile!r}.",
-            argument="compile",
-        )
-    if cuda_graphs and isinstance(compile, str) and compile not in ("default", "reduce-overhead"):
-        raise InvalidArgumentError(
-            f"cuda_graphs=True replays CUDA graphs (compile mode 'reduce-overhead'); compile={compile!r} "
-            "is another mode. Drop one of the two.",
-            argument="cuda_graphs",
-        )
-
-
 def compile_mode(cfg: FitConfig) -> str | None:
     """The ``torch.compile`` mode of the training forward, None for no compilation."""
-    if cfg.cuda_graphs:
-        return "reduce-overhead"
-    if cfg.compile is False:
-        return None
-    return "default" if cfg.compile is True else str(cfg.compile)
+    return compile_mode_of(cfg.compile, cfg.cuda_graphs)
 
 
 def _as_adversarial(adversarial: AdversarialConfig | Mapping[str, Any] | None) -> AdversarialConfig | None:

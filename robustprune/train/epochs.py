@@ -81,10 +81,10 @@ class Run:
         for stats in history:
             for log in loggers:
                 log.log_epoch(stats)
-        loop = Loop(self._wrap(), state, settings, self.ctx, resumed_from=start_epoch)
+        loop = Loop(*self._wrap(), state, settings, self.ctx, resumed_from=start_epoch)
         for epoch in range(start_epoch, settings.epochs):
             if self._prune(epoch):
-                loop.ddp = self._wrap()
+                loop.ddp, loop.attacker = self._wrap()
             stats = loop.epoch(state.loader, test_loader, epoch)
             history.append(stats)
             if settings.checkpoint is not None:
@@ -145,14 +145,19 @@ class Run:
                 self.state.scheduler.step_update(num_updates=epoch * self.steps_per_epoch)
         return changed
 
-    def _wrap(self) -> nn.Module:
-        """The module the training forwards go through: the model (channels-last if asked),
-        wrapped in DistributedDataParallel under torchrun, compiled if asked."""
-        net, dev = self.state.net, self.settings.device
+    def _wrap(self) -> tuple[nn.Module, nn.Module]:
+        """``(forward, attacker)``: the module the training forwards go through (the model,
+        channels-last if asked, wrapped in DistributedDataParallel under torchrun, compiled
+        if asked) and the one the training attacks go through (the same model compiled the
+        same way, without the DDP wrapper: an attack's input gradients must not start DDP's
+        gradient reduction). The attacks are most of a PGD step's work, so under adversarial
+        training they are compiled too."""
+        net, dev, mode = self.state.net, self.settings.device, self.settings.compile_mode
         if self.settings.channels_last:
             net.to(memory_format=torch.channels_last)
+        attacker = net if mode is None or self.settings.adversarial is None else torch.compile(net, mode=mode)
         if self.ctx.distributed:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        if self.settings.compile_mode is not None:
-            net = torch.compile(net, mode=self.settings.compile_mode)
-        return net
+        if mode is not None:
+            net = torch.compile(net, mode=mode)
+        return net, attacker

@@ -35,6 +35,7 @@ from robustprune._inputs import (
     resolve_example_inputs,
     restore_modes,
 )
+from robustprune._speed import check_cuda_graphs
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners.schedules import ScheduledPruning
 from robustprune.train.config import FitConfig, compile_mode, resolve_config
@@ -143,12 +144,7 @@ def fit(
     extras = _check_extras(cfg, pruning, distill, resume_from, keep_checkpoints, checkpoint_dir)
     train_loader, test_loader = split_loaders(loaders)
     dev = distributed.resolve_device(device)
-    if cfg.cuda_graphs and dev.type != "cuda":
-        raise InvalidArgumentError(
-            f"cuda_graphs=True needs a CUDA device; fit runs on {dev}. Drop cuda_graphs (or pass "
-            "device='cuda').",
-            argument="cuda_graphs",
-        )
+    check_cuda_graphs(cfg.cuda_graphs, dev, "fit")
     ctx = distributed.setup(dev)
     net = distributed.unwrap(model)
     check_materialized(net, "fit")

@@ -67,14 +67,15 @@ class Loop:
     """One training epoch plus the test evaluation; holds what every step needs.
 
     ``ddp`` is the model the forward passes go through (the DistributedDataParallel wrapper
-    under torchrun, else ``state.net`` itself); attacks and regularizers see ``state.net``.
+    under torchrun, else ``state.net`` itself); ``attacker`` the model the training attacks
+    go through (``state.net``, compiled when the forward is); regularizers see ``state.net``.
     """
 
     def __init__(
-        self, ddp: nn.Module, state: TrainingState, settings: LoopSettings, ctx: distributed.DistContext,
-        *, resumed_from: int = 0,
+        self, ddp: nn.Module, attacker: nn.Module, state: TrainingState, settings: LoopSettings,
+        ctx: distributed.DistContext, *, resumed_from: int = 0,
     ) -> None:
-        self.ddp, self.state, self.settings, self.ctx = ddp, state, settings, ctx
+        self.ddp, self.attacker, self.state, self.settings, self.ctx = ddp, attacker, state, settings, ctx
         self.net, self.device = state.net, settings.device
         self.progress = settings.progress and ctx.is_main
         self.resumed_from = resumed_from
@@ -268,7 +269,7 @@ class Loop:
         if adv.kind == "trades":
             self.net.eval()
             x_adv = trades_attack(
-                self.net, x, eps=adv.eps, norm=adv.norm, steps=adv.steps,
+                self.attacker, x, eps=adv.eps, norm=adv.norm, steps=adv.steps,
                 step_size=adv.step_size, generator=gen,
             )
             self.net.train()
@@ -277,12 +278,12 @@ class Loop:
             return logits, trades_objective(logits, adv_logits, y, adv.beta), adv_logits, x_adv
         if adv.kind == "pgd":
             x_adv = pgd(
-                self.net, x, y, eps=adv.eps, norm=adv.norm, steps=adv.steps,
+                self.attacker, x, y, eps=adv.eps, norm=adv.norm, steps=adv.steps,
                 step_size=adv.step_size, generator=gen,
             )
         else:
             x_adv = fgsm_rs(
-                self.net, x, y, eps=adv.eps, norm=adv.norm, step_size=adv.step_size, generator=gen,
+                self.attacker, x, y, eps=adv.eps, norm=adv.norm, step_size=adv.step_size, generator=gen,
             )
         logits = self.ddp(x_adv)
         return logits, F.cross_entropy(logits.float(), y), logits, x_adv
