@@ -95,7 +95,7 @@ def test_processes_give_the_rows_of_a_local_run(local_run, tmp_path: Path) -> No
     # resume: a deleted row (its checkpoint kept) is measured again, the file ends the same
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text("".join(lines[:1] + lines[2:]))
-    again = run_recipe(recipe, run_dir=out, resume=True, progress=False, executor="processes", jobs=2)
+    again = run_recipe(_recipe(tmp_path), run_dir=out, resume=True, progress=False, executor="processes", jobs=2)
     assert _stable(again.rows, out) == _stable(local.rows, local.run_dir)
 
 
@@ -177,3 +177,67 @@ def test_gpus_per_job_is_a_checked_recipe_key(tmp_path: Path) -> None:
     assert "gpus_per_job = 0.5" in _recipe(tmp_path, "gpus_per_job=0.5").to_toml()
     with pytest.raises(RecipeError, match="gpus_per_job"):
         _recipe(tmp_path, "gpus_per_job=-1")
+
+
+def test_a_killed_worker_restarts_its_job_and_the_run_ends_as_a_local_one(
+    local_run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker process killed mid-job (here: SIGKILL once the first row is written) breaks
+    the pool; the jobs in flight start again on a new one and the rows equal a local run's."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    recipe, local = local_run
+    out = tmp_path / "killed"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            rows = out / "results.jsonl"
+            workers = multiprocessing.active_children()
+            if rows.is_file() and rows.read_text().strip() and workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    result = run_recipe(recipe, run_dir=out, progress=False, executor="processes", jobs=2)
+    killer.join(timeout=5)
+    assert killed, "no worker was killed: the test did not test anything"
+    assert "a worker process died; job seed" in caplog.text and "starts again" in caplog.text
+    assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
+
+
+def test_a_run_killed_mid_job_resumes_with_processes(local_run, tmp_path: Path) -> None:
+    """The whole run (driver and workers) killed while jobs are in flight; ``--resume`` with
+    the processes executor skips the finished jobs, restarts the killed ones, and the file
+    ends as a local run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, local = local_run
+    out = tmp_path / "interrupted"
+    source = tmp_path / "exec.toml"
+    source.write_text(TEXT, encoding="utf-8")
+    cmd = [sys.executable, "-m", "robustprune.cli", "run", str(source), "--run-dir", str(out),
+           "--executor", "processes", "--jobs", "2", "--no-progress", "--set",
+           f"output={json.dumps(str(tmp_path / 'runs'))}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    rows = out / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not (rows.is_file() and rows.read_text().strip()):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(line)["id"] for line in rows.read_text().splitlines()]
+    assert 1 <= len(before) < len(local.rows), "the run was not stopped mid-way"
+    again = run_recipe(_recipe(tmp_path), run_dir=out, resume=True, progress=False, executor="processes", jobs=2)
+    assert _stable(again.rows, out) == _stable(local.rows, local.run_dir)

@@ -89,31 +89,65 @@ class Backend(Protocol):
 
 
 class ProcessBackend:
-    """``jobs`` spawned worker processes; on CUDA, worker k gets device k mod #devices."""
+    """``jobs`` spawned worker processes; on CUDA, worker k gets device k mod #devices.
+
+    A worker that dies (killed, out of memory) breaks the whole pool, and every job then in
+    flight with it: the pool is rebuilt and those jobs start again (a job restarts from the
+    start; its finished dependencies are not rerun). A job that is in flight when the pool
+    breaks a second time is reported as failed, so a job that kills its worker cannot loop."""
 
     def __init__(self, jobs: int | None, device: str) -> None:
-        context = multiprocessing.get_context("spawn")
+        self.context = multiprocessing.get_context("spawn")
         n_gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
         self.jobs = jobs or n_gpus or 2
+        self.n_gpus = n_gpus
+        self.pool = self._pool()
+        self.futures: dict[cf.Future[TaskResult], JobTask] = {}
+        self.restarted: set[str] = set()
+
+    def _pool(self) -> cf.ProcessPoolExecutor:
         devices = None
-        if n_gpus:  # "auto" / "cuda": round-robin; "cuda:N" and "cpu": every worker the same
-            devices = context.Queue()
+        if self.n_gpus:  # "auto" / "cuda": round-robin; "cuda:N" and "cpu": every worker the same
+            devices = self.context.Queue()
             for k in range(self.jobs):
-                devices.put(f"cuda:{k % n_gpus}")
-        self.pool = cf.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=worker_init, initargs=(devices,))
-        self.futures: dict[cf.Future[TaskResult], str] = {}
+                devices.put(f"cuda:{k % self.n_gpus}")
+        return cf.ProcessPoolExecutor(self.jobs, mp_context=self.context, initializer=worker_init,
+                                      initargs=(devices,))
 
     def submit(self, task: JobTask) -> None:
-        self.futures[self.pool.submit(run_task, task)] = task.job_id
+        self.futures[self.pool.submit(run_task, task)] = task
 
     def results(self) -> Iterator[TaskResult]:
         done, _ = cf.wait(list(self.futures), return_when=cf.FIRST_COMPLETED)
+        broken = []
         for future in done:
-            job_id = self.futures.pop(future)
+            task = self.futures.pop(future)
             try:
                 yield future.result()
-            except Exception as exc:  # the worker process died (killed, out of memory)
-                yield TaskResult(job_id, error=f"the worker process failed: {type(exc).__name__}: {exc}")
+            except cf.process.BrokenProcessPool:
+                broken.append(task)
+            except Exception as exc:  # noqa: BLE001 (reported with the job's id; the others go on)
+                yield TaskResult(task.job_id, error=f"the worker process failed: {type(exc).__name__}: {exc}")
+        if broken:
+            yield from self._restart(broken)
+
+    def _restart(self, broken: list[JobTask]) -> Iterator[TaskResult]:
+        """A worker died: a new pool, the jobs that were in flight submitted again (once)."""
+        for future, task in self.futures.items():  # the pool's other futures fail the same way
+            if future.done() and future.exception() is None:
+                yield future.result()  # finished just before the break
+            else:
+                broken.append(task)
+        self.futures.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._pool()
+        for task in broken:
+            if task.job_id in self.restarted:
+                yield TaskResult(task.job_id, error="its worker process died twice (killed, or out of memory?)")
+            else:
+                logger.warning("a worker process died; job %s starts again", task.job_id)
+                self.restarted.add(task.job_id)
+                self.submit(task)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
