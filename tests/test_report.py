@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from robustprune.errors import RecipeError
 from robustprune.report import (
     paired_difference,
     paired_verdicts,
@@ -277,3 +278,25 @@ def test_pareto_is_written_with_coinciding_points_and_many_series(tmp_path: Path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the atomic write cleaned up
     clean_only = [{**r, "robust_accuracy": None} for r in rows[:4]]
     assert plot_pareto(clean_only, tmp_path / "clean.png").stat().st_size > 0
+
+
+def test_a_run_with_analysis_writes_rows_that_read_back(tmp_path: Path) -> None:
+    """The analysis table of a row holds numbers and the report's path (text): reading the
+    results back (resume, report) accepts it, and refuses a number where the path belongs."""
+    from robustprune.recipe import parse_recipe, run_recipe
+
+    raw = {
+        "name": "analysed", "seeds": [0], "output": str(tmp_path / "runs"), "threads": 1,
+        "data": {"name": "digits", "batch_size": 128}, "model": {"name": "fcn", "width": 16, "depth": 1},
+        "train": {"epochs": 1, "lr": 0.1}, "prune": [{"method": "spectral", "eps": [0.3]}],
+        "eval": {"eps": 0.1, "attacks": ["apgd-ce"], "n_examples": 8, "n_iter": 2, "latency": False},
+        "analysis": {"models": "dense", "n_examples": 8},
+    }
+    result = run_recipe(parse_recipe(raw, source="test"), run_dir=tmp_path / "run", progress=False)
+    dense = next(r for r in result.rows if r["label"] == "dense")
+    assert dense["analysis"]["report"].startswith("analysis/") and (tmp_path / "run" / dense["analysis"]["report"]).is_file()
+    assert [r["id"] for r in read_results(tmp_path / "run")] == [r["id"] for r in result.rows]
+    bad = {**dense, "analysis": {**dense["analysis"], "report": 3}}
+    (tmp_path / "run" / "results.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="field 'analysis.report' must be str"):
+        read_results(tmp_path / "run")

@@ -127,8 +127,10 @@ _FIELDS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("eval_settings", ("table", "null"), False),
     ("analysis", ("table", "null"), False),
 )
-#: the tables among them whose values the report reads as numbers (or null)
+#: the tables among them whose values the report reads as numbers (or null)...
 _NUMBER_TABLES = ("settings", "cost", "analysis")
+#: ...but for these entries, which are text: the analysis report's path in the run folder
+_STR_ENTRIES = (("analysis", "report"),)
 
 
 def check_row(row: object, where: str) -> Row:
@@ -145,7 +147,8 @@ def check_row(row: object, where: str) -> Row:
         _expect(row[name], kinds, name, where)
     for name in _NUMBER_TABLES:
         for key, value in (row.get(name) or {}).items():
-            _expect(value, ("number", "null"), f"{name}.{key}", where)
+            kinds = ("str",) if (name, key) in _STR_ENTRIES else ("number", "null")
+            _expect(value, kinds, f"{name}.{key}", where)
     ev = row.get("eval_settings") or {}
     if "eps" in ev:
         _expect(ev["eps"], ("number", "null"), "eval_settings.eps", where)
