@@ -20,8 +20,10 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/robustprune run recipes/digits-cnn.toml --threads 1
 
+# two workers (the CI machine has 2 cores; every test runs on one torch thread); a document's
+# doc blocks stay together in one worker (tests/test_docs.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

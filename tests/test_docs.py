@@ -171,7 +171,13 @@ def run_block(code: str, lang: str, cwd: Path, extra_env: dict[str, str], timeou
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
+@pytest.mark.parametrize(
+    "block",
+    # under pytest-xdist (make test: -n 2 --dist loadgroup) a document's blocks stay in one
+    # worker, in order, sharing that document's folder
+    [pytest.param(b, marks=pytest.mark.xdist_group(f"doc-{b.doc.name}")) for b in RUNNABLE],
+    ids=[b.id for b in RUNNABLE],
+)
 def test_block_runs(block, workdirs):
     plan = prepare(block)
     if plan.file is not None:
