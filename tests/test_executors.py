@@ -95,7 +95,7 @@ def test_processes_give_the_rows_of_a_local_run(local_run, tmp_path: Path) -> No
     # resume: a deleted row (its checkpoint kept) is measured again, the file ends the same
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text("".join(lines[:1] + lines[2:]))
-    again = run_recipe(_recipe(tmp_path), run_dir=out, resume=True, progress=False, executor="processes", jobs=2)
+    again = run_recipe(recipe, run_dir=out, resume=True, progress=False, executor="processes", jobs=2)
     assert _stable(again.rows, out) == _stable(local.rows, local.run_dir)
 
 
