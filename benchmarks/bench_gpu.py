@@ -182,6 +182,44 @@ def pruned_copy(model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
     return out
 
 
+def render(rows: list[Row], latency: dict[tuple[str, bool], float], *, command: str, device: str,
+           macs: dict[str, int], ceiling: dict[str, float], mm_n: int, peak_of: dict[str, float],
+           fp32_kind: str, setup: str) -> list[str]:
+    """The lines of ``gpu.md``: what ran, the ceilings, one table row per measurement (the
+    pruned rows with their speedup over dense on the same path), the batch-256 latency."""
+    pruned = "ε-pruned 50%"
+    peak_line = ("datasheet peak: " + ", ".join(f"{k} {v:g}" for k, v in peak_of.items()) + " TFLOP/s"
+                 if peak_of else "datasheet peak: unknown for this device (see PEAK_TFLOPS)")
+    dense_of = {(r.workload, r.path): r for r in rows if r.model == "dense"}
+    speedups = "; ".join(
+        f"{'channels-last' if cl else 'contiguous'}: dense {latency[('dense', cl)]:.2f} ms, pruned "
+        f"{latency[(pruned, cl)]:.2f} ms (**{latency[('dense', cl)] / latency[(pruned, cl)]:.2f}x**)"
+        for cl in (False, True))
+    return [
+        "## GPU throughput (`fit` and `robust_accuracy`, resnet18-cifar dense and ε-pruned, synthetic 32x32)",
+        "",
+        f"Command: `{command}`  ",
+        f"Device: {device}, torch {torch.__version__}, CUDA {torch.version.cuda}; resnet18-cifar "
+        f"{macs['dense'] / 1e9:.3f} GMACs/image dense, {macs[pruned] / 1e9:.3f} pruned "
+        f"({100 * macs[pruned] / macs['dense']:.0f}%).  ",
+        f"Matmul ceiling measured ({mm_n}x{mm_n}): bf16 **{ceiling['bf16']:.0f}**, fp32 (TF32 off) "
+        f"**{ceiling['fp32']:.1f}**, TF32 **{ceiling['tf32']:.0f}** TFLOP/s; {peak_line}.",
+        "",
+        setup + " Model TFLOP/s are estimates from the forward MACs M: 6M FLOPs per training image, "
+        "(4K+6)M for PGD-K, 4M per APGD iteration. The ceiling of fp32 rows is "
+        f"{fp32_kind.upper()} (cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}), of bf16 rows bf16. "
+        "Speedup: pruned images/s over dense on the same path.",
+        "",
+        "| workload | model | path | images/s | ≈ model TFLOP/s | % of measured ceiling | % of datasheet peak "
+        "| speedup vs dense |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        *[r.cells(None if r.model == "dense" else dense_of[(r.workload, r.path)]) for r in rows],
+        "",
+        f"Inference latency at batch 256 (`measure_latency`, eval mode): {speedups}.",
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run; printed only unless --out")
@@ -276,39 +314,12 @@ def main(argv: list[str] | None = None) -> None:
                for cl in (False, True) for name, m in variants.items()}
 
     command = "python benchmarks/bench_gpu.py" + (" --quick" if args.quick else "") + (" --dry-run" if args.dry_run else "")
-    peak_line = ("datasheet peak: " + ", ".join(f"{k} {v:g}" for k, v in peak_of.items()) + " TFLOP/s"
-                 if peak_of else "datasheet peak: unknown for this device (see PEAK_TFLOPS)")
-    dense_of = {(r.workload, r.path): r for r in rows if r.model == "dense"}
-    lines = [
-        "## GPU throughput (`fit` and `robust_accuracy`, resnet18-cifar dense and ε-pruned, synthetic 32x32)",
-        "",
-        f"Command: `{command}`  ",
-        f"Device: {device_name}, torch {torch.__version__}, CUDA {torch.version.cuda}; resnet18-cifar "
-        f"{macs['dense'] / 1e9:.3f} GMACs/image dense, {macs['ε-pruned 50%'] / 1e9:.3f} pruned "
-        f"({100 * macs['ε-pruned 50%'] / macs['dense']:.0f}%).  ",
-        f"Matmul ceiling measured ({mm_n}x{mm_n}): bf16 **{ceiling['bf16']:.0f}**, fp32 (TF32 off) "
-        f"**{ceiling['fp32']:.1f}**, TF32 **{ceiling['tf32']:.0f}** TFLOP/s; {peak_line}.",
-        "",
-        f"{n_train} training images per epoch, batch {args.batch_size}, SGD, data resident on the GPU; median "
-        f"of {epochs} timed epochs after a warm-up epoch (which also compiles). APGD-CE: {n_eval} test images, "
-        f"Linf 8/255, batch 512, on the clean-correct ones ("
-        f"{', '.join(f'{k}: {v}' for k, v in attacked.items())}). Model TFLOP/s are estimates from the "
-        "forward MACs M: 6M FLOPs per training image, (4K+6)M for PGD-K, 4M per APGD iteration. The ceiling "
-        f"of fp32 rows is {fp32_kind.upper()} (cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}), of bf16 "
-        "rows bf16. Speedup: pruned images/s over dense on the same path.",
-        "",
-        "| workload | model | path | images/s | ≈ model TFLOP/s | % of measured ceiling | % of datasheet peak "
-        "| speedup vs dense |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-        *[r.cells(None if r.model == "dense" else dense_of[(r.workload, r.path)]) for r in rows],
-        "",
-        "Inference latency at batch 256 (`measure_latency`, eval mode): "
-        + "; ".join(f"{'channels-last' if cl else 'contiguous'}: dense {latency[('dense', cl)]:.2f} ms, "
-                    f"pruned {latency[('ε-pruned 50%', cl)]:.2f} ms "
-                    f"(**{latency[('dense', cl)] / latency[('ε-pruned 50%', cl)]:.2f}x**)" for cl in (False, True))
-        + ".",
-        "",
-    ]
+    setup = (f"{n_train} training images per epoch, batch {args.batch_size}, SGD, data resident on the GPU; "
+             f"median of {epochs} timed epochs after a warm-up epoch (which also compiles). APGD-CE: {n_eval} "
+             "test images, Linf 8/255, batch 512, on the clean-correct ones ("
+             + ", ".join(f"{k}: {v}" for k, v in attacked.items()) + ").")
+    lines = render(rows, latency, command=command, device=device_name, macs=macs, ceiling=ceiling, mm_n=mm_n,
+                   peak_of=peak_of, fp32_kind=fp32_kind, setup=setup)
     text = "\n".join(lines)
     print(text)
     out = args.out if args.out is not None else (RESULTS if not quick and not smoke else None)
