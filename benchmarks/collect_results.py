@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 #: (part title, result files in order)
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Quality: what keeps a pruned model robust (criteria, schedules, budgets, distillation, regularizers against the default pipeline and scratch)", ("quality.md",)),
+    ("Quality: what keeps a pruned model robust (criteria, schedules, budgets, distillation, regularizers against the default pipeline and scratch)", ("quality-cnn.md", "quality-resnet.md")),
     ("Paper reproduction", ("paper.md",)),
     ("Speed, all benchmarks side by side: CPU, then the same on an H100", ("speed.md", "speed-cuda.md", "gpu.md")),
     ("Recipe runs (and the CIFAR recipe on an H100)", ("digits-cnn.md", "digits-fcn-nnr.md", "cifar10-gpu.md")),

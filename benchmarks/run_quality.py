@@ -28,9 +28,9 @@ against scratch.
 Run::
 
     python benchmarks/run_quality.py               # full: writes benchmarks/results/quality.{md,json}
+    python benchmarks/run_quality.py --part cnn    # one model only (cnn or resnet): quality-cnn.{md,json}
     python benchmarks/run_quality.py --quick        # fewer seeds and epochs (printed, not written)
     python benchmarks/run_quality.py --dry-run      # tiny settings, a smoke test (used by the tests)
-    python benchmarks/run_quality.py --part cnn     # one model only (cnn or resnet)
 """
 
 from __future__ import annotations
@@ -145,9 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = quality_tables.header(s, label, command, elapsed, args.jobs) + "\n" + "\n".join(sections)
     print(text)
     if out is not None:
+        # one part alone writes its own files (quality-cnn.md, quality-resnet.md), so that the
+        # parts can be run (and rerun) one at a time without overwriting each other
+        stem = "quality" if wanted == {"cnn", "resnet"} else "quality-" + "-".join(sorted(wanted))
         out.mkdir(parents=True, exist_ok=True)
-        (out / "quality.md").write_text(text, encoding="utf-8")
-        (out / "quality.json").write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+        (out / f"{stem}.md").write_text(text, encoding="utf-8")
+        (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
     return 0
 
 

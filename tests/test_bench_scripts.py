@@ -73,4 +73,4 @@ def test_collect_results_assembles_every_part(tmp_path):
     text = out.read_text()
     assert "## 2. Paper reproduction" in text and "## Paper" in text
     assert "](results/paper_nnr.png)" in text
-    assert "quality.md: not produced yet" in text
+    assert "quality-cnn.md: not produced yet" in text
