@@ -489,6 +489,33 @@ def test_resume_refuses_a_changed_recipe(tiny_run) -> None:
         run_recipe(changed, run_dir=result.run_dir, resume=True, progress=False)
 
 
+def test_resume_accepts_a_config_written_before_keys_were_added(tiny_run, tmp_path: Path) -> None:
+    """A run started by an older version has no line for a key added since (here the
+    [eval] speed flags): it resumes as long as the recipe keeps that key's default."""
+    import shutil
+
+    from robustprune.recipe import run_recipe
+
+    recipe, result = tiny_run
+    old = tmp_path / "old-run"
+    shutil.copytree(result.run_dir, old)
+    config = old / "config.toml"
+    lines = config.read_text(encoding="utf-8").splitlines(keepends=True)
+    section, kept = None, []
+    for line in lines:
+        section = line.strip() if line.startswith("[") else section
+        if section == "[eval]" and line.split("=")[0].strip() in ("channels_last", "compile", "cuda_graphs"):
+            continue
+        kept.append(line)
+    assert len(kept) == len(lines) - 3
+    config.write_text("".join(kept), encoding="utf-8")
+    again = run_recipe(recipe, run_dir=old, resume=True, progress=False)
+    assert [r["id"] for r in again.rows] == [r["id"] for r in result.rows]
+    changed = load_recipe(TINY, [*TINY_SET, f"output={json.dumps(recipe.output)}", "eval.channels_last=true"])
+    with pytest.raises(RecipeError, match="eval.channels_last"):
+        run_recipe(changed, run_dir=old, resume=True, progress=False)
+
+
 def test_resume_without_a_run_dir_continues_the_latest_run(tiny_run) -> None:
     from robustprune.recipe import run_recipe
 

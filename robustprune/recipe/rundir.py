@@ -17,8 +17,9 @@ from typing import Any
 
 from robustprune import distributed
 from robustprune._io import atomic_write
-from robustprune.errors import RecipeError
+from robustprune.errors import RecipeError, RobustPruneError
 from robustprune.recipe.config import Recipe
+from robustprune.recipe.parse import parse_recipe
 from robustprune.report import RESULTS_FILE, read_results, render_report, summary_markdown
 
 if sys.version_info >= (3, 11):
@@ -135,7 +136,7 @@ class RunDir:
             stored = tomllib.loads(config.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise RecipeError(f"{config} is not valid TOML ({exc}); cannot resume this run.") from exc
-        diff = _dict_diff(stored, tomllib.loads(recipe.to_toml()))
+        diff = _dict_diff(_as_written_now(stored, config), tomllib.loads(recipe.to_toml()))
         if diff:
             raise RecipeError(
                 f"Cannot resume {self.dir}: the recipe differs from its {CONFIG_FILE} in "
@@ -208,6 +209,16 @@ def _new_dir(base: Path) -> Path:
         chosen = base / f"{stamp}-{n}"
         n += 1
     return chosen
+
+
+def _as_written_now(stored: dict[str, Any], config: Path) -> dict[str, Any]:
+    """A run's stored config as this version writes it: a key added since the run started
+    (e.g. ``[eval] compile``) gets its default, so that only real differences stop a resume.
+    A config this version no longer reads is compared as it is."""
+    try:
+        return tomllib.loads(parse_recipe(stored, source=str(config)).to_toml())
+    except RobustPruneError:
+        return stored
 
 
 def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
