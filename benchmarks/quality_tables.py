@@ -71,6 +71,11 @@ def header(s: Any, label: str, command: str, minutes: float, jobs: int) -> str:
     )
 
 
+def _core_minutes(rows: list[dict[str, Any]]) -> float:
+    """The jobs' own time: the sum of the rows' ``seconds`` (each job on one thread), in minutes."""
+    return sum(float(r.get("seconds") or 0.0) for r in rows) / 60
+
+
 def part_markdown(part: Any, s: Any, rows: list[dict[str, Any]], weights: dict[str, float],
                   selection: list[dict[str, Any]], minutes: float) -> str:
     short = max(1, round(s.short * part.dense_epochs))
@@ -79,7 +84,9 @@ def part_markdown(part: Any, s: Any, rows: list[dict[str, Any]], weights: dict[s
         f"Dense: PGD-{part.steps} adversarial training, {part.dense_epochs} epochs, lr 0.05 cosine; "
         f"finetunes: PGD-{part.steps}, lr 0.01 cosine, {short} epochs (25%) or {part.dense_epochs} "
         f"(100%); during-training entries prune before epoch {part.early}. Seeds {list(part.seeds)}; "
-        f"{minutes:.1f} min.", "",
+        f"{minutes:.1f} min of wall time in this invocation, and {_core_minutes(rows):.0f} core-minutes "
+        "of job time (the rows' own seconds; the wall time of a resumed run counts only its last "
+        "invocation).", "",
     ]
     by = _index(rows)
     dense = {seed: r["robust_accuracy"] for (label, _key, seed), r in by.items() if label == "dense"}
