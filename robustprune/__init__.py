@@ -7,7 +7,7 @@ importable from its module (``robustprune.metrics``, ``robustprune.data``,
 
 from __future__ import annotations
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 from robustprune.analysis import analyze as analyze
 from robustprune.checkpoint import load_pruned as load_pruned

@@ -126,6 +126,98 @@ def test_ray_gives_the_rows_of_a_local_run(local_run, tmp_path: Path) -> None:
     assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
 
 
+def _ray_task_pids() -> list[int]:
+    """The processes running a recipe job as a Ray task (Ray titles them ``ray::run_task``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::run_task"):
+                pids.append(int(proc.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids
+
+
+def test_a_killed_ray_worker_restarts_its_job_and_the_run_ends_as_a_local_one(
+    local_run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Ray worker SIGKILLed mid-job (once the first row is written): its job runs again,
+    once, and the rows equal a local run's."""
+    pytest.importorskip("ray")
+    if not Path("/proc/self/cmdline").is_file():
+        pytest.skip("finds the Ray workers through /proc")
+    import os
+    import signal
+    import threading
+    import time
+
+    recipe, local = local_run
+    out = tmp_path / "ray-killed"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            rows = out / "results.jsonl"
+            pids = _ray_task_pids()
+            if rows.is_file() and rows.read_text().strip() and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    result = run_recipe(recipe, run_dir=out, progress=False, executor="ray", jobs=2)
+    killer.join(timeout=5)
+    assert killed, "no Ray worker was killed: the test did not test anything"
+    assert "a Ray worker died" in caplog.text and "starts again" in caplog.text
+    assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
+
+
+def test_a_ray_job_whose_worker_dies_twice_is_reported_and_the_others_finish(tmp_path: Path) -> None:
+    """A task that fails twice (here: a stand-in for Ray whose every task fails) is reported
+    with its job id after one retry; no endless resubmission."""
+    from robustprune.recipe import executors_ray
+    from robustprune.recipe.execute import JobTask
+
+    class FakeRay:
+        def __init__(self) -> None:
+            self.submitted: list[str] = []
+
+        def is_initialized(self) -> bool:
+            return True
+
+        def remote(self, **_: Any) -> Any:
+            ray = self
+
+            class Remote:
+                def __init__(self, fn: Any) -> None:
+                    pass
+
+                def remote(self, task: JobTask) -> object:
+                    ray.submitted.append(task.job_id)
+                    return object()
+
+            return Remote
+
+        def wait(self, refs: list[Any], num_returns: int) -> tuple[list[Any], list[Any]]:
+            return refs[:num_returns], refs[num_returns:]
+
+        def get(self, ref: Any) -> Any:
+            raise RuntimeError("worker crashed")
+
+    fake = FakeRay()
+    backend = executors_ray.RayBackend.__new__(executors_ray.RayBackend)
+    backend.ray, backend.started, backend.refs, backend.restarted = fake, False, {}, set()
+    backend.remote = fake.remote()(None)
+    backend.submit(JobTask(recipe=None, run_dir=str(tmp_path), job_id="seed0/fixed"))  # type: ignore[arg-type]
+    first = list(backend.results())
+    assert first == [] and fake.submitted == ["seed0/fixed", "seed0/fixed"]
+    (second,) = list(backend.results())
+    assert second.job_id == "seed0/fixed" and "died twice" in (second.error or "")
+    assert not backend.refs and fake.submitted == ["seed0/fixed", "seed0/fixed"]
+
+
 # --------------------------------------------------------------------------- bad input
 
 

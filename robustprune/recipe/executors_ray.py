@@ -1,11 +1,16 @@
 """``--executor ray``: one Ray task per job. ``ray.init()`` starts a local Ray (``--jobs N``:
 N CPUs for it) unless ``--ray-address`` names a cluster; every task asks for one CPU and
 ``gpus_per_job`` GPUs (the recipe's top-level key; default 1 when the run's device is
-CUDA, else 0). Ray is the optional extra ``pip install 'robustprune[ray]'``."""
+CUDA, else 0). Ray is the optional extra ``pip install 'robustprune[ray]'``.
+
+A task whose worker dies (killed, out of memory, a lost node) runs again, once, as with the
+``processes`` executor; a second death reports the job as failed, so a job that kills its
+worker cannot loop."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +20,8 @@ from robustprune.errors import InvalidArgumentError
 from robustprune.recipe.execute import JobTask, TaskResult, run_task
 
 __all__ = ["check_ray", "RayBackend"]
+
+logger = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 3.0
 
@@ -54,7 +61,11 @@ def check_ray(address: str | None) -> None:
 
 
 class RayBackend:
-    """Tasks on Ray: a local Ray started here (and shut down by :meth:`close`) or a cluster."""
+    """Tasks on Ray: a local Ray started here (and shut down by :meth:`close`) or a cluster.
+
+    Ray's own retries are off (``max_retries=0``): a task that fails is resubmitted here, once,
+    with a warning naming the job. ``run_task`` returns a job's own errors as a result, so a
+    failed task always means its worker died."""
 
     def __init__(self, address: str | None, jobs: int | None, num_gpus: float) -> None:
         self.ray = _import_ray()
@@ -71,19 +82,25 @@ class RayBackend:
                     f"--executor ray: could not start or reach {where} ({exc}); check --ray-address, "
                     "or use --executor processes.", argument="ray_address") from None
         self.remote = self.ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(run_task)
-        self.refs: dict[Any, str] = {}
+        self.refs: dict[Any, JobTask] = {}
+        self.restarted: set[str] = set()
 
     def submit(self, task: JobTask) -> None:
-        self.refs[self.remote.remote(task)] = task.job_id
+        self.refs[self.remote.remote(task)] = task
 
     def results(self) -> Iterator[TaskResult]:
         ready, _ = self.ray.wait(list(self.refs), num_returns=1)
         for ref in ready:
-            job_id = self.refs.pop(ref)
+            task = self.refs.pop(ref)
             try:
                 yield self.ray.get(ref)
-            except Exception as exc:  # the task's worker died (killed, out of memory)
-                yield TaskResult(job_id, error=f"the Ray task failed: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 (the task's worker died: killed, out of memory)
+                if task.job_id in self.restarted:
+                    yield TaskResult(task.job_id, error=f"its Ray worker died twice ({type(exc).__name__}: {exc})")
+                else:
+                    logger.warning("a Ray worker died (%s); job %s starts again", type(exc).__name__, task.job_id)
+                    self.restarted.add(task.job_id)
+                    self.submit(task)
 
     def close(self) -> None:
         for ref in self.refs:
