@@ -8,8 +8,13 @@ seconds (``sensitivity_seconds`` of the report), the whole call's seconds and th
 the budget; then the cost of a whole ε-prune to the same target with the adv-taylor
 importance and of its ``prepare`` step (``n_batches`` attacked batches of ``batch_size``).
 
-    .venv/bin/python benchmarks/bench_sensitivity.py             # resnet18-cifar, width 64
-    .venv/bin/python benchmarks/bench_sensitivity.py --dry-run   # width 8, tiny data: seconds
+    .venv/bin/python benchmarks/bench_sensitivity.py                # resnet18-cifar, width 64
+    .venv/bin/python benchmarks/bench_sensitivity.py --skip-taylor  # the sensitivity call only
+    .venv/bin/python benchmarks/bench_sensitivity.py --dry-run      # width 8, tiny data: seconds
+
+The full run takes several minutes on one core, most of it the adv-taylor part (a whole
+ε-prune with attacked batches); ``--skip-taylor`` times the sensitivity call alone, about
+80 s here (``benchmarks/results/doc_timings.md``, the ``sensitivity`` row).
 
 Exit status 1 when the sensitivity call exceeds the budget.
 """
