@@ -29,7 +29,7 @@ from robustprune._inputs import (
     resolve_example_inputs,
     restore_modes,
 )
-from robustprune._speed import check_cuda_graphs
+from robustprune._speed import check_cuda_graphs, fast_path
 from robustprune.attacks import Norm, RobustResult, rebatch, robust_accuracy
 from robustprune.attacks.autoattack import check_robust_arguments
 from robustprune.errors import InvalidArgumentError
@@ -208,7 +208,7 @@ def latency_batches(device: torch.device) -> tuple[int, ...]:
 def measure_latency(
     model: nn.Module,
     input_shape: Sequence[int],
-    device: torch.device,
+    device: torch.device | str,
     *,
     batches: Sequence[int] | None = None,
     warmup: int = 3,
@@ -230,34 +230,71 @@ def measure_latency(
 
     On a machine whose cores are busy, more threads than idle cores make every forward wait
     for a descheduled thread (milliseconds instead of microseconds for a small model):
-    measure with the count the model will run with, and report it next to the numbers."""
-    if threads is not None:
-        check_int("threads", threads, low=1, why="CPU threads for the latency runs")
-    batches = latency_batches(device) if batches is None else tuple(batches)
+    measure with the count the model will run with, and report it next to the numbers.
+
+    ``device`` is a ``torch.device`` or ``"cpu"``, ``"cuda[:N]"``, ``"auto"``. Bad arguments
+    (a device that is not there, a batch size below 1, ``runs=0``, an ``input_shape`` the
+    model cannot run on) are refused with an :class:`~robustprune.errors.InvalidArgumentError`
+    before anything is timed; the model is left as it was."""
+    device, input_shape, batches = _check_latency_arguments(
+        model, input_shape, device, batches, warmup, runs, threads, channels_last)
     before = torch.get_num_threads()
-    was_training = model.training
+    modes = module_modes(model)  # put back module by module (a frozen BatchNorm stays in eval)
     model.eval()
-    fmt = torch.channels_last if channels_last and len(input_shape) == 3 else None
+    fmt = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
     out: dict[str, float] = {}
     g = torch.Generator().manual_seed(0)
     try:
         if threads is not None and threads != before:
             torch.set_num_threads(threads)
-        if fmt is not None:
-            model.to(memory_format=fmt)
         with torch.no_grad():
-            for b in batches:
-                x = torch.rand((b, *input_shape), generator=g).to(device)
-                if fmt is not None:
-                    x = x.contiguous(memory_format=fmt)
-                out[f"batch{b}"] = 1000.0 * statistics.median(_forward_times(model, x, device, warmup, runs))
+            probe = torch.rand((1, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
+            first_forward(model, probe, f"measure_latency (input_shape {input_shape})")
+            with fast_path(model, fmt is torch.channels_last, None) as net:  # weights' formats put back
+                for b in batches:
+                    x = torch.rand((b, *input_shape), generator=g).to(device).contiguous(memory_format=fmt)
+                    out[f"batch{b}"] = 1000.0 * statistics.median(_forward_times(net, x, device, warmup, runs))
     finally:
-        if fmt is not None:
-            model.to(memory_format=torch.contiguous_format)
-        model.train(was_training)
+        restore_modes(modes)
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
     return out
+
+
+def _check_latency_arguments(
+    model: Any, input_shape: Any, device: Any, batches: Any, warmup: Any, runs: Any, threads: Any, channels_last: Any
+) -> tuple[torch.device, tuple[int, ...], tuple[int, ...]]:
+    """:func:`measure_latency`'s arguments checked before the model is touched: the device
+    (resolved), the per-example input shape and the batch sizes as tuples of ints."""
+    check_materialized(model, "measure_latency")
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape:
+        raise InvalidArgumentError(
+            f"input_shape must be the shape of one example, e.g. (3, 32, 32), got {input_shape!r}.",
+            argument="input_shape")
+    shape = tuple(check_int("input_shape", d, low=1, why="the size of each dimension of one example")
+                  for d in input_shape)
+    dev = distributed.resolve_device(device)
+    on = {t.device for t in (*model.parameters(), *model.buffers())}
+    if on and on != {dev}:
+        where = ", ".join(sorted(str(d) for d in on))
+        raise InvalidArgumentError(
+            f"measure_latency: the model is on {where} but device is {dev}; move it first "
+            f"(model.to({str(dev)!r})) or pass the model's device.", argument="device")
+    if batches is None:
+        sizes = latency_batches(dev)
+    elif isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches:
+        raise InvalidArgumentError(f"batches must be a non-empty sequence of batch sizes, e.g. (1, 64), got {batches!r}.",
+                                   argument="batches")
+    else:
+        sizes = tuple(check_int("batches", b, low=1, why="each is a batch size") for b in batches)
+    check_int("warmup", warmup, low=0)
+    check_int("runs", runs, low=1, why="the median of the timed runs is reported")
+    if threads is not None:
+        check_int("threads", threads, low=1, why="CPU threads for the latency runs")
+    if not isinstance(channels_last, bool):
+        raise InvalidArgumentError(f"channels_last must be True or False, got {channels_last!r}.",
+                                   argument="channels_last")
+    return dev, shape, sizes
 
 
 def _forward_times(model: nn.Module, x: torch.Tensor, device: torch.device, warmup: int, runs: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""Bad inputs of evaluate, robust_accuracy, fit, create_loaders and create_model (issue 12,
+"""Bad inputs of evaluate, robust_accuracy, measure_latency, fit, create_loaders and create_model (issue 12,
 area "inputs"): each is refused with a RobustPruneError before anything is changed.
 
 One case per line: ``Case(id, call(model), regex the message must match)``; the harness
@@ -25,7 +25,7 @@ from robustprune import _torchvision_data
 from robustprune.attacks import AdversarialConfig, robust_accuracy
 from robustprune.data import create_datasets, create_loaders
 from robustprune.errors import DatasetNotFoundError, RobustPruneError, TrainingDivergedError
-from robustprune.evaluation import evaluate
+from robustprune.evaluation import evaluate, measure_latency
 from robustprune.models import create_model
 from robustprune.train import fit
 
@@ -146,6 +146,49 @@ ROBUST = [
     Case("batch-size-float", ra(batch_size=2.5), r"batch_size"),
     Case("attacks-unknown", ra(attacks=["nope"]), r"nope"),
 ]
+
+
+
+def lat(shape=(1, 8, 8), device="cpu", **kw):
+    kw.setdefault("runs", 1)
+    return lambda m: measure_latency(m, shape, device, **kw)
+
+
+LATENCY = [
+    Case("batches-0", lat(batches=(0,)), r"batches must be an integer >= 1"),
+    Case("batches-neg", lat(batches=(1, -2)), r"batches must be an integer >= 1.*-2"),
+    Case("batches-str", lat(batches="64"), r"batches must be a non-empty sequence"),
+    Case("batches-empty", lat(batches=()), r"batches must be a non-empty sequence"),
+    Case("batches-float", lat(batches=(1.5,)), r"batches must be an integer"),
+    Case("runs-0", lat(runs=0), r"runs must be an integer >= 1"),
+    Case("warmup-neg", lat(warmup=-1), r"warmup must be an integer >= 0"),
+    Case("threads-0", lat(threads=0), r"threads must be an integer >= 1"),
+    Case("channels-last-str", lat(channels_last="yes"), r"channels_last must be True or False"),
+    Case("shape-str", lat(shape="1,8,8"), r"input_shape must be the shape of one example"),
+    Case("shape-empty", lat(shape=()), r"input_shape must be the shape of one example"),
+    Case("shape-zero", lat(shape=(1, 0, 8)), r"input_shape must be an integer >= 1"),
+    Case("shape-wrong-channels", lat(shape=(3, 8, 8)), r"input_shape \(3, 8, 8\).*cannot run"),
+    Case("shape-wrong-channels-cl", lat(shape=(3, 8, 8), channels_last=True), r"cannot run"),
+    Case("device-unknown", lat(device="tpu"), r"Unknown device 'tpu'"),
+    Case("meta-model", lambda m: measure_latency(meta_fcn(), (64,), "cpu", runs=1), r"meta device"),
+] + ([] if torch.cuda.is_available() else [Case("device-no-cuda", lat(device="cuda"), r"CUDA is not available")])
+
+
+@pytest.mark.parametrize("case", LATENCY, ids=repr)
+def test_measure_latency_refuses(case: Case, model: nn.Module) -> None:
+    expect_refusal(case, model)
+
+
+def test_measure_latency_takes_a_device_name_and_leaves_the_model_as_it_was(model: nn.Module) -> None:
+    modes = [m.training for m in model.modules()]
+    out = measure_latency(model, (1, 8, 8), "cpu", batches=(1, 2), warmup=0, runs=1, channels_last=True)
+    assert set(out) == {"batch1", "batch2"} and all(v > 0 for v in out.values())
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.is_contiguous() for p in model.parameters())
+    model.to(memory_format=torch.channels_last)  # a user's channels-last model stays so
+    measure_latency(model, (1, 8, 8), "cpu", batches=(1,), warmup=0, runs=1, channels_last=True)
+    convs = [p for p in model.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
 
 
 @pytest.mark.parametrize("case", EVALUATE, ids=repr)

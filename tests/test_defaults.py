@@ -81,7 +81,7 @@ def test_latency_runs_with_the_given_threads_and_restores_them():
     model = _Threads()
     torch.set_num_threads(2)
     measure_latency(model, (4,), torch.device("cpu"), batches=(1,), warmup=1, runs=2, threads=1)
-    assert model.seen == [1, 1, 1] and torch.get_num_threads() == 2
+    assert model.seen == [1, 1, 1, 1] and torch.get_num_threads() == 2  # the shape check, a warm-up, two runs
     torch.set_num_threads(1)
     x, y = torch.rand(8, 4), torch.zeros(8, dtype=torch.long)
     result = evaluate(model, (x, y), device="cpu", example_inputs=x[:1])
