@@ -126,6 +126,33 @@ def test_ray_gives_the_rows_of_a_local_run(local_run, tmp_path: Path) -> None:
     assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
 
 
+def _run_killing_one_worker(recipe: Any, out: Path, pids: Any, **executor: Any) -> tuple[Any, list[int]]:
+    """``run_recipe`` into ``out`` while a thread SIGKILLs the first of ``pids()`` once the
+    first row is written (once); the result and the killed pids."""
+    import os
+    import signal
+    import threading
+    import time
+
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            rows = out / "results.jsonl"
+            found = pids()
+            if rows.is_file() and rows.read_text().strip() and found:
+                os.kill(found[0], signal.SIGKILL)
+                killed.append(found[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    result = run_recipe(recipe, run_dir=out, progress=False, **executor)
+    killer.join(timeout=5)
+    return result, killed
+
+
 def _ray_task_pids() -> list[int]:
     """The processes running a recipe job as a Ray task (Ray titles them ``ray::run_task``)."""
     pids = []
@@ -146,29 +173,9 @@ def test_a_killed_ray_worker_restarts_its_job_and_the_run_ends_as_a_local_one(
     pytest.importorskip("ray")
     if not Path("/proc/self/cmdline").is_file():
         pytest.skip("finds the Ray workers through /proc")
-    import os
-    import signal
-    import threading
-    import time
-
     recipe, local = local_run
     out = tmp_path / "ray-killed"
-    killed: list[int] = []
-
-    def kill_one_worker() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            rows = out / "results.jsonl"
-            pids = _ray_task_pids()
-            if rows.is_file() and rows.read_text().strip() and pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one_worker, daemon=True)
-    killer.start()
-    result = run_recipe(recipe, run_dir=out, progress=False, executor="ray", jobs=2)
-    killer.join(timeout=5)
+    result, killed = _run_killing_one_worker(recipe, out, _ray_task_pids, executor="ray", jobs=2)
     assert killed, "no Ray worker was killed: the test did not test anything"
     assert "a Ray worker died" in caplog.text and "starts again" in caplog.text
     assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
@@ -277,29 +284,11 @@ def test_a_killed_worker_restarts_its_job_and_the_run_ends_as_a_local_one(
     """A worker process killed mid-job (here: SIGKILL once the first row is written) breaks
     the pool; the jobs in flight start again on a new one and the rows equal a local run's."""
     import multiprocessing
-    import os
-    import signal
-    import threading
-    import time
 
     recipe, local = local_run
     out = tmp_path / "killed"
-    killed: list[int] = []
-
-    def kill_one_worker() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            rows = out / "results.jsonl"
-            workers = multiprocessing.active_children()
-            if rows.is_file() and rows.read_text().strip() and workers:
-                os.kill(workers[0].pid, signal.SIGKILL)
-                killed.append(workers[0].pid)
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one_worker, daemon=True)
-    killer.start()
-    result = run_recipe(recipe, run_dir=out, progress=False, executor="processes", jobs=2)
-    killer.join(timeout=5)
+    result, killed = _run_killing_one_worker(
+        recipe, out, lambda: [w.pid for w in multiprocessing.active_children()], executor="processes", jobs=2)
     assert killed, "no worker was killed: the test did not test anything"
     assert "a worker process died; job seed" in caplog.text and "starts again" in caplog.text
     assert _stable(result.rows, out) == _stable(local.rows, local.run_dir)
