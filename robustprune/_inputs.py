@@ -36,8 +36,6 @@ __all__ = [
     "first_forward",
     "check_materialized",
     "check_int",
-    "module_modes",
-    "restore_modes",
     "check_example_inputs",
     "input_shape_of",
     "infer_example_inputs",
@@ -345,18 +343,6 @@ def check_int(
         reason = f" ({why})" if why else ""
         raise InvalidArgumentError(f"{name} must be an integer{bounds}{reason}, got {value!r}.", argument=name)
     return int(value)
-
-
-def module_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every module of ``model`` with its train/eval mode, for :func:`restore_modes`."""
-    return [(m, m.training) for m in model.modules()]
-
-
-def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
-    """Put back the modes :func:`module_modes` recorded, module by module (a model with a
-    frozen, eval-mode part keeps it; ``model.train(was_training)`` would not)."""
-    for module, training in modes:
-        module.training = training
 
 
 def _extremes(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float, float]:

@@ -25,10 +25,9 @@ from robustprune._inputs import (
     check_logits,
     check_materialized,
     first_forward,
-    module_modes,
     resolve_example_inputs,
-    restore_modes,
 )
+from robustprune._modes import module_modes, restore_modes
 from robustprune._speed import check_cuda_graphs, fast_path
 from robustprune.attacks import Norm, RobustResult, rebatch, robust_accuracy
 from robustprune.attacks.autoattack import check_robust_arguments

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _inputs
+from . import _inputs, _modes
 from .errors import InvalidArgumentError, RobustPruneError, UnknownNameError
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export"]
@@ -98,7 +98,7 @@ def export(
                                    argument="example_inputs")
     x = inputs[:1]
     check = _check_batch(x)
-    modes = _inputs.module_modes(model)
+    modes = _modes.module_modes(model)
     model.eval()
     try:
         with torch.no_grad():
@@ -107,7 +107,7 @@ def export(
         _write(model, x, target, fmt, opset)
         got, how = _run_exported(target, fmt, check)
     finally:
-        _inputs.restore_modes(modes)
+        _modes.restore_modes(modes)
     got = got.to(expected.device, expected.dtype)
     diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
     scale = float(expected.abs().max())

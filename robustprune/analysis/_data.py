@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from robustprune._inputs import resolve_example_inputs
+from robustprune._modes import eval_mode
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 
 __all__ = [
@@ -164,10 +165,8 @@ def example_batch(
 def check_forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
     """The model's output on ``x`` (eval mode, restored): a failure names ``what``; an
     output that is not a tensor, or is not finite, is refused."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = model(x)
     except Exception as exc:
         raise InvalidArgumentError(
@@ -176,8 +175,6 @@ def check_forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
             "model expects, e.g. torch.rand(1, 3, 32, 32) for a CIFAR model.",
             argument=what,
         ) from exc
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor):
         raise ModelNotSupportedError(
             f"analyze needs a model that returns one tensor of logits; it returned a "
@@ -238,13 +235,8 @@ def layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.T
 
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's outputs on ``x`` in eval mode (mode restored), in batches of 256."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.cat([model(x[i : i + 256]) for i in range(0, x.shape[0], 256)])
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([model(x[i : i + 256]) for i in range(0, x.shape[0], 256)])
 
 
 def model_name(model: nn.Module) -> str:

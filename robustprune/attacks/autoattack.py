@@ -22,9 +22,8 @@ from robustprune._inputs import (
     check_int,
     check_logits,
     check_materialized,
-    module_modes,
-    restore_modes,
 )
+from robustprune._modes import module_modes, restore_modes
 from robustprune._progress import bar as progress_bar
 from robustprune._progress import interactive
 from robustprune._speed import (

@@ -20,6 +20,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from robustprune._modes import eval_mode
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 from robustprune.layers.modules import (
     ACTIVATION_FUNCTIONS,
@@ -247,13 +248,8 @@ def _check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:
     # robustprune._inputs imports this package (input_shape_of reads prunable_layers), so
     # this one forward check stays here rather than importing it back (no import cycle)
     try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            try:
-                model(example_inputs)
-            finally:
-                model.train(was_training)
+        with torch.no_grad(), eval_mode(model):
+            model(example_inputs)
     except Exception as exc:
         raise InvalidArgumentError(
             f"The model does not accept example inputs of shape {tuple(example_inputs.shape)} "

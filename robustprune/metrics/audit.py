@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from robustprune._modes import eval_mode
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 from robustprune.layers import first_layer
 from robustprune.metrics._checks import Norm, check_budget, check_norm
@@ -86,20 +87,15 @@ def top_input_direction(
     shape = tuple(int(s) for s in input_shape)
     ref = next(model.parameters())
     fn = _first_layer_map(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            x0 = torch.full((1, *shape), 0.5, device=ref.device, dtype=ref.dtype)
-            _, vjp_fn = torch.func.vjp(fn, x0)
+    with eval_mode(model), torch.no_grad():
+        x0 = torch.full((1, *shape), 0.5, device=ref.device, dtype=ref.dtype)
+        _, vjp_fn = torch.func.vjp(fn, x0)
 
-            def forward(v: torch.Tensor) -> torch.Tensor:
-                return jvp(fn, x0, v)
+        def forward(v: torch.Tensor) -> torch.Tensor:
+            return jvp(fn, x0, v)
 
-            v0 = start_vector((1, *shape), ref)
-            sigma, v = power_iteration(forward, lambda u: vjp_fn(u)[0], v0, tol=tol, max_iter=max_iter)
-    finally:
-        model.train(was_training)
+        v0 = start_vector((1, *shape), ref)
+        sigma, v = power_iteration(forward, lambda u: vjp_fn(u)[0], v0, tol=tol, max_iter=max_iter)
     return v[0], float(sigma[0])
 
 
@@ -135,26 +131,21 @@ def dominant_direction_audit(
         direction, control = torch.sign(v1), torch.sign(rand)
     else:
         direction, control = v1 / v1.norm(), rand / rand.norm()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            clean, plus, minus, both, rboth = [], [], [], [], []
-            for start in range(0, x.shape[0], batch_size):
-                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+    with eval_mode(model), torch.no_grad():
+        clean, plus, minus, both, rboth = [], [], [], [], []
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
 
-                def correct(shift: torch.Tensor | None, xb=xb, yb=yb) -> torch.Tensor:
-                    inp = xb if shift is None else (xb + shift).clamp(0.0, 1.0)
-                    return model(inp).argmax(dim=1) == yb
+            def correct(shift: torch.Tensor | None, xb=xb, yb=yb) -> torch.Tensor:
+                inp = xb if shift is None else (xb + shift).clamp(0.0, 1.0)
+                return model(inp).argmax(dim=1) == yb
 
-                c_plus, c_minus = correct(delta * direction), correct(-delta * direction)
-                clean.append(correct(None))
-                plus.append(c_plus)
-                minus.append(c_minus)
-                both.append(c_plus & c_minus)
-                rboth.append(correct(delta * control) & correct(-delta * control))
-    finally:
-        model.train(was_training)
+            c_plus, c_minus = correct(delta * direction), correct(-delta * direction)
+            clean.append(correct(None))
+            plus.append(c_plus)
+            minus.append(c_minus)
+            both.append(c_plus & c_minus)
+            rboth.append(correct(delta * control) & correct(-delta * control))
 
     def acc(parts: list[torch.Tensor]) -> float:
         return float(torch.cat(parts).double().mean())

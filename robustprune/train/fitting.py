@@ -31,10 +31,9 @@ from robustprune._inputs import (
     check_example_inputs,
     check_int,
     check_materialized,
-    module_modes,
     resolve_example_inputs,
-    restore_modes,
 )
+from robustprune._modes import module_modes, restore_modes
 from robustprune._speed import check_cuda_graphs
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners.schedules import ScheduledPruning

@@ -29,6 +29,7 @@ from torch.utils.data import DistributedSampler
 
 from robustprune import distributed
 from robustprune._inputs import BatchValidator, check_logits, first_forward, split_labelled_batch
+from robustprune._modes import eval_mode
 from robustprune._progress import NoBar
 from robustprune._progress import bar as progress_bar
 from robustprune.attacks import AdversarialConfig, fgsm_rs, pgd, trades_attack, trades_objective
@@ -161,12 +162,10 @@ class Loop:
 
     def test_accuracy(self, loader: Iterable[Any]) -> float:
         """Clean accuracy on ``loader`` (this rank's shard, summed over ranks)."""
-        was_training = self.net.training
-        self.net.eval()
         counts = torch.zeros(2, dtype=torch.float64, device=self.device)
         self.test_check.classes = self.check.classes
         try:
-            with torch.no_grad(), self._autocast():
+            with eval_mode(self.net), torch.no_grad(), self._autocast():
                 for i, batch in enumerate(loader):
                     x, y = self.test_check.split(batch, f"batch {i + 1}")
                     x, y = to_device((x, y), self.device)
@@ -177,8 +176,6 @@ class Loop:
                 f"{exc} The test accuracy is measured after the epoch's updates: {self.where_now()}.",
                 argument=exc.argument,
             ) from exc
-        finally:
-            self.net.train(was_training)
         correct, n = self._reduce(counts)
         return correct / max(1.0, n)
 
@@ -212,14 +209,9 @@ class Loop:
         """Before the first update: the model's number of outputs from an eval-mode forward
         of one example (no gradients, the RNG isolated, nothing changed), the labels checked
         against it, an L2 training budget against the input size."""
-        net, was_training = self.net, self.net.training
         devices = [self.device] if self.device.type == "cuda" else []
-        try:
-            net.eval()
-            with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
-                out = first_forward(net, x[:1].to(self.device), f"fit ({where})")
-        finally:
-            net.train(was_training)
+        with eval_mode(self.net), torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
+            out = first_forward(self.net, x[:1].to(self.device), f"fit ({where})")
         self.check.set_classes(check_logits(out, 1, what="fit's model", where=where, finite=False))
         adv = self.settings.adversarial
         if adv is not None:

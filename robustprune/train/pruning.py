@@ -20,6 +20,7 @@ from torch import nn
 
 from robustprune import distributed
 from robustprune._inputs import Inputs
+from robustprune._modes import module_modes, restore_modes
 from robustprune.errors import PruningError
 from robustprune.pruners import Plan, PruningReport, count_macs_params
 from robustprune.pruners.schedules import ScheduledPruning, schedule_targets
@@ -75,12 +76,12 @@ class PruningDriver:
                             step + 1, len(self.targets), current / self.macs_original)
                 return None
             pruner = self.pruning.pruner(target)
-            was_training = net.training
+            modes = module_modes(net)
             try:
                 plan = _from_rank0(pruner.plan(net, self.example), self.ctx)
                 report = pruner.apply(net, plan)
             finally:
-                net.train(was_training)
+                restore_modes(modes)
         self.reports.append(report)
         logger.info(
             "pruning step %d/%d (%s): %.4f of the original MACs kept (target %.4f)",
