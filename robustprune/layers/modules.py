@@ -254,16 +254,26 @@ def matricize(layer: nn.Module | torch.Tensor) -> torch.Tensor:
     Linear ``h x d`` as is; Conv2d ``(out, in/groups, kh, kw) -> out x (in/groups*kh*kw)``;
     LowRankLinear its product ``B @ A``. A raw tensor is reshaped the same way.
     """
-    weight = layer if isinstance(layer, torch.Tensor) else getattr(layer, "weight", None)
-    if weight is None:
+    if not isinstance(layer, torch.Tensor) and not is_prunable(layer):
+        # ConvTranspose2d (rows = input channels), Conv1d/Conv3d (other operators), Embedding...
+        # would be matricized silently wrong: their norms are not those of this reshape
         raise ModelNotSupportedError(
-            f"{type(layer).__name__} has no weight to matricize; pass a Linear, Conv2d or "
-            "LowRankLinear layer."
+            f"{type(layer).__name__} is not a Linear, Conv2d or LowRankLinear layer; robustprune measures "
+            "and prunes only those (pass one of them, or its weight tensor)."
+        )
+    weight = layer if isinstance(layer, torch.Tensor) else getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ModelNotSupportedError(
+            f"{type(layer).__name__} has no weight tensor to matricize (its weight is {type(weight).__name__})."
         )
     if weight.ndim < 2:
         raise InvalidArgumentError(
             f"Cannot matricize a weight of shape {tuple(weight.shape)}: need at least 2 dims."
         )
+    if weight.is_meta:
+        raise InvalidArgumentError("The weight is on the meta device (no values); materialize it first.")
+    if weight.numel() == 0:
+        raise InvalidArgumentError(f"The weight is empty (shape {tuple(weight.shape)}); nothing to measure.")
     return weight.reshape(weight.shape[0], -1)
 
 

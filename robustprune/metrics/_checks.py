@@ -16,7 +16,20 @@ import torch
 
 from robustprune.errors import InvalidArgumentError
 
-__all__ = ["Norm", "check_norm", "check_q", "check_eps", "check_budget", "check_real", "check_count"]
+__all__ = [
+    "Norm",
+    "check_norm",
+    "check_q",
+    "check_eps",
+    "check_budget",
+    "check_real",
+    "check_count",
+    "check_nonnegative",
+    "check_tol",
+    "check_shape",
+    "check_reals",
+    "as_real_tensor",
+]
 
 Norm = Literal["2", "inf"]
 
@@ -48,14 +61,79 @@ def check_count(value: Any, what: str, minimum: int = 1) -> int:
 
 
 def check_norm(p: str | float) -> str:
-    """``"2"`` or ``"inf"`` for any spelling of the l2 or l-infinity norm (``2``, ``"l2"``,
-    ``"Linf"``, ``"∞"``, ``math.inf``); anything else raises."""
-    key = str(p).lower().replace("l", "")
+    """``"2"`` or ``"inf"`` for a spelling of the l2 or l-infinity norm (``2``, ``"2"``,
+    ``"l2"``, ``"L2"``, ``"inf"``, ``"Linf"``, ``"∞"``, ``math.inf``); anything else raises."""
+    if isinstance(p, bool):
+        key = ""
+    elif isinstance(p, numbers.Real):
+        key = "2" if p == 2 else "inf" if p == math.inf else ""
+    else:
+        key = str(p).strip().lower()
+        key = key[1:] if key.startswith("l") else key
     if key in ("2", "2.0"):
         return "2"
     if key in ("inf", "∞"):
         return "inf"
-    raise InvalidArgumentError(f"p must be '2' or 'inf' (the l2 or l-infinity norm), got {p!r}.")
+    raise InvalidArgumentError(f"p must be '2' or 'inf' (the l2 or l-infinity norm), got {p!r}.", argument="p")
+
+
+def check_nonnegative(value: Any, what: str) -> float:
+    """A finite real number >= 0 (a norm, a Lipschitz constant, a weight)."""
+    number = check_real(value, what)
+    if not math.isfinite(number) or number < 0:
+        raise InvalidArgumentError(f"{what} must be a finite number >= 0, got {value!r}.", argument=what)
+    return number
+
+
+def check_tol(tol: Any, what: str = "tol") -> float:
+    """A relative tolerance of an iteration: a number in (0, 1) (a tolerance of 1 or more
+    would stop a power iteration after its first step, far from the norm)."""
+    value = check_real(tol, what)
+    if not 0 < value < 1:
+        raise InvalidArgumentError(
+            f"{what} must be a relative tolerance in (0, 1), e.g. 1e-4, got {tol!r}.", argument=what
+        )
+    return value
+
+
+def check_shape(shape: Any, what: str = "input_shape") -> tuple[int, ...]:
+    """The shape of one example: a non-empty sequence of whole numbers >= 1 (no batch
+    dimension), e.g. ``(3, 32, 32)``."""
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or not shape:
+        raise InvalidArgumentError(
+            f"{what} must be the shape of one example (no batch dimension), e.g. (3, 32, 32), got {shape!r}.",
+            argument=what,
+        )
+    return tuple(check_count(d, f"{what} (each size)") for d in shape)
+
+
+def check_reals(values: Any, what: str, *, allow_empty: bool = False) -> list[float]:
+    """A sequence (list, tuple, 1-D tensor) of real numbers as floats; not a string."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().flatten().tolist() if values.ndim <= 1 else None
+    if values is None or isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise InvalidArgumentError(f"{what} must be a list of numbers, got {type(values).__name__}.", argument=what)
+    if not values and not allow_empty:
+        raise InvalidArgumentError(f"{what} must not be empty.", argument=what)
+    return [check_real(v, what) for v in values]
+
+
+def as_real_tensor(value: Any, what: str) -> torch.Tensor:
+    """``value`` as a real (not complex, not bool) tensor; a list of numbers is converted."""
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidArgumentError(
+                f"{what} must be a tensor (or a list of numbers), got {type(value).__name__}.", argument=what
+            ) from None
+    if value.is_complex() or value.dtype == torch.bool:
+        raise InvalidArgumentError(f"{what} must be real numbers, got a {value.dtype} tensor.", argument=what)
+    if value.is_meta:
+        raise InvalidArgumentError(f"{what} is on the meta device (no values).", argument=what)
+    return value
 
 
 def check_q(q: float) -> float:

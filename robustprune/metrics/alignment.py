@@ -16,6 +16,7 @@ as it is (it enters the aligned bound with the ops included);
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -23,9 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustprune._modes import eval_mode
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 from robustprune.layers import LowRankLinear
-from robustprune.metrics._checks import Norm, check_norm
+from robustprune.metrics._checks import (
+    Norm,
+    as_real_tensor,
+    check_count,
+    check_nonnegative,
+    check_norm,
+    check_tol,
+)
 from robustprune.metrics._lanczos import ALIGNMENT_TOL, START_SEED, power_iteration, start_vector
 from robustprune.metrics.norms import (
     checked_weight,
@@ -82,14 +91,29 @@ def alignment(
     convolutions is best run on a GPU or with fewer samples). The l-infinity value of
     such a composite needs every row of a position-dependent operator and is not computed:
     a :class:`ModelNotSupportedError` says so.
+
+    A ``through`` that is an ``nn.Module`` runs in eval mode (a BatchNorm in it uses, and
+    keeps, its running statistics); each module's mode is put back afterwards.
     """
     p = check_norm(p)
     if mode not in ("data", "identity"):
         raise InvalidArgumentError(f"mode must be 'data' or 'identity', got {mode!r}.")
-    if max_samples < 1:
-        raise InvalidArgumentError(f"max_samples must be >= 1, got {max_samples}.")
-    for layer in (layer_a, layer_b):
+    max_samples = check_count(max_samples, "max_samples")
+    tol, max_iter = check_tol(tol), check_count(max_iter, "max_iter")
+    for name, layer in (("layer_a", layer_a), ("layer_b", layer_b)):
+        if not isinstance(layer, nn.Module):
+            raise InvalidArgumentError(
+                f"{name} must be a Linear, Conv2d or LowRankLinear module, got {type(layer).__name__}.", argument=name)
         checked_weight(layer)  # validates type, emptiness, finiteness
+    if through is not None and not callable(through):
+        raise InvalidArgumentError(
+            f"through must be a callable (the ops between the layers), got {type(through).__name__}.",
+            argument="through")
+    if norms is not None:
+        if isinstance(norms, (str, bytes)) or not isinstance(norms, (tuple, list)) or len(norms) != 2:
+            raise InvalidArgumentError(
+                f"norms must be the pair (||W_a||_p, ||W_b||_p), got {norms!r}.", argument="norms")
+        norms = (check_nonnegative(norms[0], "norms[0]"), check_nonnegative(norms[1], "norms[1]"))
     ref = layer_a.weight if not isinstance(layer_a, LowRankLinear) else layer_a.a.weight
     x = _alignment_inputs(layer_a, mode, data, input_shape, max_samples, ref)
     user_through = through if through is not None else _default_through(layer_a, layer_b, mode)
@@ -97,6 +121,21 @@ def alignment(
     def through(z: torch.Tensor) -> torch.Tensor:  # never lets an in-place op touch z
         return user_through(z.clone())
 
+    modes = eval_mode(user_through) if isinstance(user_through, nn.Module) else contextlib.nullcontext()
+    with modes:
+        return _alignment(layer_a, layer_b, p, through, x, norms, tol, max_iter)
+
+
+def _alignment(
+    layer_a: nn.Module,
+    layer_b: nn.Module,
+    p: str,
+    through: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    norms: tuple[float, float] | None,
+    tol: float,
+    max_iter: int,
+) -> float:
     z0, zb = _pair_outputs(layer_a, layer_b, through, x)
     diag = _elementwise_jacobian(through, z0) if is_linear_like(layer_a) and is_linear_like(layer_b) else None
     if diag is not None:
@@ -127,12 +166,15 @@ def _alignment_inputs(
     ref: torch.Tensor,
 ) -> torch.Tensor:
     if data is not None:
-        x = torch.as_tensor(data)
+        x = as_real_tensor(data, "data")
         if x.ndim < 2 or x.shape[0] == 0:
             raise InvalidArgumentError(
-                f"data must be a batch of layer_a's inputs (N, ...), got shape {tuple(x.shape)}."
+                f"data must be a batch of layer_a's inputs (N, ...), got shape {tuple(x.shape)}.", argument="data"
             )
-        return x[:max_samples].detach().to(device=ref.device, dtype=ref.dtype)
+        x = x[:max_samples].detach().to(device=ref.device, dtype=ref.dtype)
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidArgumentError("data contains NaN or infinite values.", argument="data")
+        return x
     if mode == "data":
         raise InvalidArgumentError(
             "mode='data' needs data= (a batch of layer_a's inputs); or use mode='identity'."
@@ -149,14 +191,23 @@ def _pair_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(z0, zb)``: layer_a's output on ``x`` and layer_b's input, checked to fit layer_b."""
     with torch.no_grad():
-        z0 = layer_a(x)
         try:
-            zb = through(z0)
-            layer_b(zb)
+            z0 = layer_a(x)
         except (RuntimeError, ValueError) as exc:
             raise InvalidArgumentError(
+                f"layer_a does not accept inputs of shape {tuple(x.shape[1:])} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}); pass a batch of layer_a's inputs (or input_shape=).",
+                argument="data",
+            ) from exc
+        try:
+            zb = through(z0)
+            if not isinstance(zb, torch.Tensor):
+                raise TypeError(f"through returned a {type(zb).__name__}, not a tensor")
+            layer_b(zb)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise InvalidArgumentError(
                 f"layer_b does not accept layer_a's output after `through` ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0]}); pass the ops between them as through=."
+                f"{str(exc).splitlines()[0]}); pass the ops between them as through=.", argument="through"
             ) from exc
     return z0, zb
 

@@ -18,7 +18,15 @@ from torch import nn
 from robustprune._modes import eval_mode
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 from robustprune.layers import first_layer
-from robustprune.metrics._checks import Norm, check_budget, check_norm
+from robustprune.metrics._checks import (
+    Norm,
+    as_real_tensor,
+    check_budget,
+    check_count,
+    check_norm,
+    check_shape,
+    check_tol,
+)
 from robustprune.metrics._lanczos import POWER_TOL, power_iteration, start_vector
 from robustprune.metrics.norms import jvp
 
@@ -80,6 +88,9 @@ def top_input_direction(
     """``(v_1, sigma_1)``: the top right singular vector (unit l2, shape ``input_shape``) of the
     first layer as a linear map of the raw input (input normalization included), by power
     iteration through the model's own forward up to that layer. Deterministic."""
+    _check_model(model, "top_input_direction")
+    input_shape = check_shape(input_shape)
+    tol, max_iter = check_tol(tol), check_count(max_iter, "max_iter")
     found = first_layer(model)
     if found is None:
         raise ModelNotSupportedError("The model has no Linear or Conv2d layer.")
@@ -89,7 +100,14 @@ def top_input_direction(
     fn = _first_layer_map(model, layer)
     with eval_mode(model), torch.no_grad():
         x0 = torch.full((1, *shape), 0.5, device=ref.device, dtype=ref.dtype)
-        _, vjp_fn = torch.func.vjp(fn, x0)
+        try:
+            _, vjp_fn = torch.func.vjp(fn, x0)
+        except (RuntimeError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"The model cannot run on inputs of shape {shape} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); pass the shape of one example it takes.",
+                argument="input_shape",
+            ) from exc
 
         def forward(v: torch.Tensor) -> torch.Tensor:
             return jvp(fn, x0, v)
@@ -116,14 +134,9 @@ def dominant_direction_audit(
     mode; the global RNG is untouched (the control direction uses a local generator)."""
     p = check_norm(p)
     check_budget(delta)
-    x = torch.as_tensor(x)
-    y = torch.as_tensor(y)
-    if x.ndim < 2 or x.shape[0] == 0 or y.shape != x.shape[:1]:
-        raise InvalidArgumentError(
-            f"The audit needs inputs (N, ...) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}."
-        )
-    ref = next(model.parameters())
-    x, y = x.to(device=ref.device, dtype=ref.dtype), y.to(ref.device)
+    _check_model(model, "dominant_direction_audit")
+    batch_size, seed = check_count(batch_size, "batch_size"), check_count(seed, "seed", minimum=0)
+    x, y = _check_audit_data(model, x, y)
     v1, sigma1 = top_input_direction(model, tuple(x.shape[1:]))
     g = torch.Generator().manual_seed(seed)
     rand = torch.randn(tuple(x.shape[1:]), generator=g, dtype=torch.float32).to(v1)
@@ -161,3 +174,46 @@ def dominant_direction_audit(
         random_accuracy=acc(rboth),
         top_singular_value=sigma1,
     )
+
+
+def _check_model(model: object, what: str) -> None:
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise InvalidArgumentError(f"{what} needs a torch.nn.Module with parameters, got {type(model).__name__}.",
+                                   argument="model")
+
+
+def _check_audit_data(model: nn.Module, x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (N, ...) floating, finite, in [0, 1]; labels (N,) integer class indices in
+    [0, C) of a model with C >= 2 logits (the audit counts argmax predictions)."""
+    x, y = as_real_tensor(x, "x"), as_real_tensor(y, "y")
+    if x.ndim < 2 or x.shape[0] == 0 or y.shape != x.shape[:1]:
+        raise InvalidArgumentError(
+            f"The audit needs inputs (N, ...) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}.",
+            argument="x")
+    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+        raise InvalidArgumentError("x must be finite floating-point inputs (no NaN or inf).", argument="x")
+    if float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
+        raise InvalidArgumentError(
+            f"x must be in [0, 1] (the perturbed inputs are clipped to it), got [{float(x.min()):.3g}, "
+            f"{float(x.max()):.3g}]; scale the data first (e.g. x / 255).", argument="x")
+    if y.is_floating_point():
+        raise InvalidArgumentError(f"y must be integer class indices, got a {y.dtype} tensor.", argument="y")
+    ref = next(model.parameters())
+    x, y = x.to(device=ref.device, dtype=ref.dtype), y.to(device=ref.device, dtype=torch.long)
+    with eval_mode(model), torch.no_grad():
+        try:
+            out = model(x[:1])
+        except (RuntimeError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"The model cannot run on x's examples of shape {tuple(x.shape[1:])} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}).", argument="x") from exc
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelNotSupportedError(
+            f"The audit counts argmax predictions and needs a model with 2 or more logits (N, C); it "
+            f"returned {shape}. A one-logit (logistic) head: wrap it to output (-z, z).")
+    if int(y.min()) < 0 or int(y.max()) >= out.shape[1]:
+        raise InvalidArgumentError(
+            f"y must be class indices in [0, {out.shape[1] - 1}] (the model has {out.shape[1]} logits), got "
+            f"[{int(y.min())}, {int(y.max())}].", argument="y")
+    return x, y

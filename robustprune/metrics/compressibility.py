@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from robustprune.errors import InvalidArgumentError
-from robustprune.metrics._checks import check_eps, check_q
+from robustprune.metrics._checks import as_real_tensor, check_count, check_eps, check_q
 from robustprune.metrics.norms import row_norms, singular_values
 
 __all__ = [
@@ -128,7 +128,7 @@ def compressibility(
     curve = _residual_curve(t, q)
     if eps is not None:
         k = _first_k(curve, check_eps(eps))
-    k = _check_k(int(k), t.numel())  # type: ignore[arg-type]
+    k = _check_k(k, t.numel())
     achieved = float(curve[k - 1])
     beta = _dispersion_sorted(t, k, q)
     return Compressibility(
@@ -140,7 +140,7 @@ def compressibility(
         beta=beta,
         structure_factor=_structure_factor(achieved, beta, k, q),
         theta_max=float(t[0]),
-        theta_norm=float(torch.linalg.vector_norm(t, ord=q)),
+        theta_norm=float(t[0] * torch.linalg.vector_norm(t / t[0], ord=q)),  # scaled: no overflow
     )
 
 
@@ -164,7 +164,7 @@ def spectral_compressibility(
 
 def _as_theta(theta: torch.Tensor, name: str = "theta") -> torch.Tensor:
     """Validated, float64, sorted-descending copy of a non-negative 1-D vector."""
-    t = torch.as_tensor(theta).detach()
+    t = as_real_tensor(theta, name).detach()
     if t.ndim != 1 or t.numel() == 0:
         raise InvalidArgumentError(f"{name} must be a non-empty 1-D vector, got shape {tuple(t.shape)}.")
     t = t.to(torch.float64)
@@ -176,24 +176,41 @@ def _as_theta(theta: torch.Tensor, name: str = "theta") -> torch.Tensor:
 
 
 def _check_k(k: int, n: int) -> int:
-    if not 1 <= int(k) <= n:
-        raise InvalidArgumentError(f"k must be in [1, {n}] for a vector of length {n}, got {k}.")
-    return int(k)
+    k = check_count(k, "k", minimum=-(2**63))  # a whole number; its range is checked next
+    if not 1 <= k <= n:
+        raise InvalidArgumentError(f"k must be in [1, {n}] for a vector of length {n}, got {k}.", argument="k")
+    return k
 
 
 def _residual_curve(theta_sorted: torch.Tensor, q: float) -> torch.Tensor:
-    """``eps_q(theta, k)`` for every ``k = 1..n`` at once (vectorized, float64)."""
-    total = torch.linalg.vector_norm(theta_sorted, ord=q)
-    if total == 0:
+    """``eps_q(theta, k)`` for every ``k = 1..n`` at once (vectorized, float64).
+
+    ``theta`` is scaled by its largest entry first (no overflow near the float64 maximum).
+    For a large ``q`` the powers ``(theta_i / ||theta||_q)^q`` of entries well below the top
+    underflow to 0 (``(2/3)^2000``), which would make the residual 0; then the tails are
+    summed in log space (``logcumsumexp``), exactly as the definition reads."""
+    if theta_sorted[0] == 0:
         raise InvalidArgumentError("theta is all zeros: compressibility is undefined for a zero weight.")
+    scaled = theta_sorted / theta_sorted[0]
+    total = torch.linalg.vector_norm(scaled, ord=q)
     if math.isinf(q):
-        tail = torch.cat([theta_sorted[1:], theta_sorted.new_zeros(1)])  # max of the tail
+        tail = torch.cat([scaled[1:], scaled.new_zeros(1)])  # max of the tail
         return tail / total
-    powers = (theta_sorted / total) ** q  # scale first: no overflow
+    powers = (scaled / total) ** q
+    if bool(((powers == 0) & (scaled > 0)).any()):
+        return _residual_curve_log(scaled, q)
     # tail[k-1] = sum_{i > k} powers_i, summed from the small end (exactly 0 at k = n)
     suffix = torch.flip(torch.cumsum(torch.flip(powers, [0]), 0), [0])
     tail = torch.cat([suffix[1:], powers.new_zeros(1)])
     return tail.clamp_min(0) ** (1.0 / q)
+
+
+def _residual_curve_log(scaled: torch.Tensor, q: float) -> torch.Tensor:
+    """The residual curve from ``log ||theta_{>k}||_q = logsumexp_{i>k}(q log theta_i) / q``."""
+    logs = q * torch.log(scaled)  # log 0 = -inf: a zero entry adds nothing
+    suffix = torch.flip(torch.logcumsumexp(torch.flip(logs, [0]), 0), [0])  # suffix[j] = lse(logs[j:])
+    tail = torch.exp((suffix[1:] - suffix[0]) / q)
+    return torch.cat([tail, scaled.new_zeros(1)])
 
 
 def _dispersion_sorted(t: torch.Tensor, k: int, q: float) -> float:

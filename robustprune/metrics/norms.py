@@ -22,7 +22,14 @@ from torch import nn
 
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 from robustprune.layers import LowRankLinear, matricize
-from robustprune.metrics._checks import Norm, check_norm, check_q
+from robustprune.metrics._checks import (
+    Norm,
+    check_count,
+    check_norm,
+    check_q,
+    check_shape,
+    check_tol,
+)
 from robustprune.metrics._lanczos import POWER_TOL, power_iteration, start_vector
 
 __all__ = [
@@ -96,6 +103,7 @@ def operator_norm(
     p = check_norm(p)
     if mode not in ("matricized", "operator"):
         raise InvalidArgumentError(f"mode must be 'matricized' or 'operator', got {mode!r}.")
+    tol, max_iter = check_tol(tol), check_count(max_iter, "max_iter")
     if isinstance(layer, nn.Conv2d) and mode == "operator" and p == "2":
         shape = sample_shape(layer, input_shape)
         checked_weight(layer)  # validates finiteness with a clear message
@@ -119,6 +127,7 @@ def conv_norm_bound_factor(layer: nn.Module) -> float:
     ``W_mat @ im2col(x)`` and each pixel appears at most ``r_h r_w`` times in ``im2col(x)``.
     1 for Linear layers."""
     if not isinstance(layer, nn.Conv2d):
+        matricize(layer)  # refuses what is not a Linear, Conv2d or LowRankLinear
         return 1.0
     taps = 1
     for k, s, d in zip(layer.kernel_size, layer.stride, layer.dilation):
@@ -142,15 +151,23 @@ def sample_shape(layer: nn.Module, input_shape: Sequence[int] | None) -> tuple[i
             f"The operator norm of a {type(layer).__name__} depends on the input size: pass "
             "input_shape=(C, H, W) (or use mode='matricized')."
         )
-    shape = tuple(int(s) for s in input_shape)
+    shape = check_shape(input_shape)
     if len(shape) == 4:
         shape = shape[1:]
-    if len(shape) != 3 or min(shape) < 1:
-        raise InvalidArgumentError(f"input_shape must be (C, H, W), got {tuple(input_shape)}.")
-    if isinstance(layer, nn.Conv2d) and shape[0] != layer.in_channels:
-        raise InvalidArgumentError(
-            f"input_shape has {shape[0]} channels but the conv expects {layer.in_channels}."
-        )
+    if len(shape) != 3:
+        raise InvalidArgumentError(f"input_shape must be (C, H, W), got {tuple(input_shape)}.", argument="input_shape")
+    if isinstance(layer, nn.Conv2d):
+        if shape[0] != layer.in_channels:
+            raise InvalidArgumentError(
+                f"input_shape has {shape[0]} channels but the conv expects {layer.in_channels}.",
+                argument="input_shape")
+        if not isinstance(layer.padding, str):
+            for size, k, s, p, d in zip(shape[1:], layer.kernel_size, layer.stride, layer.padding, layer.dilation):
+                if (size + 2 * p - d * (k - 1) - 1) // s + 1 < 1:
+                    raise InvalidArgumentError(
+                        f"input_shape {shape} is smaller than the conv's {layer.kernel_size[0]}x"
+                        f"{layer.kernel_size[1]} kernel (padding {layer.padding}): the conv has no output there.",
+                        argument="input_shape")
     return shape
 
 
