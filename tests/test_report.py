@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from robustprune.errors import RecipeError
+from robustprune.errors import RecipeError, RobustPruneError
 from robustprune.report import (
     paired_difference,
     paired_verdicts,
@@ -300,3 +300,48 @@ def test_a_run_with_analysis_writes_rows_that_read_back(tmp_path: Path) -> None:
     (tmp_path / "run" / "results.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
     with pytest.raises(RecipeError, match="field 'analysis.report' must be str"):
         read_results(tmp_path / "run")
+
+
+# --------------------------------------------------------------------------- bad input
+
+_GOOD = {0: 0.5, 1: 0.6, 2: 0.7}
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: paired_difference({0: math.nan, 1: 0.5, 2: 0.6}, _GOOD), r"a\[0\] must be a finite number"),
+        (lambda: paired_difference(_GOOD, {0: math.inf, 1: 0.5, 2: 0.6}), r"b\[0\] must be a finite number"),
+        (lambda: paired_difference({0: "0.9", 1: 0.5}, _GOOD), r"a\[0\] must be a finite number"),
+        (lambda: paired_difference({0: True, 1: 0.5}, _GOOD), r"a\[0\] must be a finite number"),
+        (lambda: paired_difference([0.5, 0.6], _GOOD), r"a must map each seed"),
+        (lambda: paired_difference(None, _GOOD), r"a must map each seed"),
+        (lambda: paired_difference({0: 0.5, "1": 0.6}, _GOOD), r"seeds must be integers"),
+        (lambda: paired_difference(_GOOD, _GOOD, level=1.5), r"level must be in \(0, 1\)"),
+        (lambda: paired_difference(_GOOD, _GOOD, level=math.nan), r"level must be in \(0, 1\)"),
+        (lambda: paired_difference({0: 0.5}, {0: 0.4}, level=True), r"level must be in \(0, 1\)"),
+        (lambda: summarize([{}]), r"row 1: the row has no 'label' field"),
+        (lambda: summarize("abc"), r"summarize needs a list of result rows"),
+        (lambda: summarize(None), r"summarize needs a list of result rows"),
+        (lambda: summarize([_row(0, "dense", 0, math.nan, None)]), r"'clean_accuracy' must be a finite number"),
+        (lambda: summarize([_row(0, "dense", 0, -5.0, None)]), r"'clean_accuracy' must be in \[0, 1\]"),
+        (lambda: summarize([_row(0, "dense", 0, 0.9, 1.5)]), r"'robust_accuracy' must be in \[0, 1\]"),
+        (lambda: summarize([_row(0, "dense", 0, "0.9", None)]), r"'clean_accuracy' must be a finite number"),
+        (lambda: summarize([{**_row(0, "dense", 0, 0.9, None), "seed": 1.7}]), r"'seed' must be int"),
+        (lambda: summarize([{**_row(0, "dense", 0, 0.9, None), "macs": -1}]), r"'macs' must be in \[0, inf\]"),
+        (lambda: read_results(None), r"read_results needs the path"),
+        (lambda: read_results(5), r"read_results needs the path"),
+    ],
+)
+def test_report_functions_refuse_bad_input(call, match: str) -> None:
+    with pytest.raises(RobustPruneError, match=match):
+        call()
+
+
+def test_a_results_file_of_other_text_is_refused_not_read_as_empty(tmp_path: Path) -> None:
+    """Only a row cut short (a truncated JSON object) may be skipped at the end of the file."""
+    (tmp_path / "results.jsonl").write_text("hello world\n")
+    with pytest.raises(RecipeError, match=r"line 1: not valid JSON"):
+        read_results(tmp_path)
+    (tmp_path / "results.jsonl").write_text(json.dumps(_row(0, "dense", 0, 0.9, None)) + '\n{"id": "seed0/fix')
+    assert len(read_results(tmp_path)) == 1

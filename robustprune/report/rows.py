@@ -66,6 +66,8 @@ def read_results(path: str | os.PathLike[str]) -> list[Row]:
 
     A last line cut short by a killed run is skipped with a warning; any other line that is
     not a valid row is a :class:`~robustprune.errors.RecipeError` naming the file and line."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise RecipeError(f"read_results needs the path of a run directory or results file, got {type(path).__name__}.")
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_FILE
@@ -87,7 +89,7 @@ def read_results(path: str | os.PathLike[str]) -> list[Row]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:
+            if i == len(lines) - 1 and line.lstrip().startswith("{"):  # a row cut short, not other text
                 logger.warning("%s: skipping an incomplete last line (an interrupted write)", p)
                 continue
             raise RecipeError(f"{p}, line {i + 1}: not valid JSON ({exc}).") from exc
@@ -127,6 +129,16 @@ _FIELDS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("eval_settings", ("table", "null"), False),
     ("analysis", ("table", "null"), False),
 )
+#: the range of the numbers that have one (accuracies are fractions; counts are >= 0)
+_RANGES: dict[str, tuple[float, float]] = {
+    "clean_accuracy": (0.0, 1.0),
+    "robust_accuracy": (0.0, 1.0),
+    "robust_clean_accuracy": (0.0, 1.0),
+    "macs": (0.0, math.inf),
+    "params": (0.0, math.inf),
+    "macs_kept": (0.0, math.inf),
+    "params_kept": (0.0, math.inf),
+}
 #: the tables among them whose values the report reads as numbers (or null)...
 _NUMBER_TABLES = ("settings", "cost", "analysis")
 #: ...but for these entries, which are text: the analysis report's path in the run folder
@@ -145,6 +157,9 @@ def check_row(row: object, where: str) -> Row:
                 raise RecipeError(f"{where}: the row has no '{name}' field; is this a results.jsonl?")
             continue
         _expect(row[name], kinds, name, where)
+        low, high = _RANGES.get(name, (-math.inf, math.inf))
+        if name in _RANGES and row[name] is not None and not low <= row[name] <= high:
+            raise RecipeError(f"{where}: field '{name}' must be in [{low:g}, {high:g}], got {row[name]!r}.")
     for name in _NUMBER_TABLES:
         for key, value in (row.get(name) or {}).items():
             kinds = ("str",) if (name, key) in _STR_ENTRIES else ("number", "null")

@@ -21,9 +21,12 @@ Abramowitz & Stegun 26.7.3-4, inverted by bisection); no scipy.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from robustprune.errors import InvalidArgumentError
 
 __all__ = [
     "Stat",
@@ -93,7 +96,12 @@ def paired_difference(
     a: Mapping[Any, float | None], b: Mapping[Any, float | None], *, level: float = 0.95
 ) -> PairedDifference | None:
     """The paired difference ``a - b`` over the seeds (keys) that both have a value for;
-    seeds missing on either side, or None there, are skipped. None when no seed pairs."""
+    seeds missing on either side, or None there, are skipped. None when no seed pairs.
+
+    Values must be finite real numbers (or None), seeds integers and ``level`` in (0, 1):
+    anything else is an :class:`~robustprune.errors.InvalidArgumentError` (a NaN would make
+    every statistic NaN and read as "no significant difference")."""
+    _check_paired(a, b, level)
     seeds = sorted(k for k, v in a.items() if v is not None and b.get(k) is not None)
     diffs = [round(float(a[k]) - float(b[k]), _DECIMALS) for k in seeds]  # type: ignore[arg-type]
     n = len(diffs)
@@ -107,6 +115,27 @@ def paired_difference(
     low, high = round(mean - half, _DECIMALS), round(mean + half, _DECIMALS)
     verdict = BETTER if low > 0 else WORSE if high < 0 else NO_DIFFERENCE
     return PairedDifference(n, mean, low, high, verdict)
+
+
+def _check_paired(a: Any, b: Any, level: Any) -> None:
+    for name, side in (("a", a), ("b", b)):
+        if not isinstance(side, Mapping):
+            raise InvalidArgumentError(
+                f"paired_difference: {name} must map each seed to its value ({{seed: value}}), got "
+                f"{type(side).__name__}.", argument=name)
+        for seed, value in side.items():
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise InvalidArgumentError(
+                    f"paired_difference: {name}'s seeds must be integers, got {seed!r}.", argument=name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InvalidArgumentError(
+                    f"paired_difference: {name}[{seed}] must be a finite number or None, got {value!r}.",
+                    argument=name)
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.0 < level < 1.0:
+        raise InvalidArgumentError(f"paired_difference: level must be in (0, 1), e.g. 0.95, got {level!r}.",
+                                   argument="level")
 
 
 def t_quantile(df: int, level: float = 0.95) -> float:

@@ -13,8 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from robustprune.errors import RecipeError
 from robustprune.report.formatting import fmt_count, fmt_eps, fmt_integer_stat
-from robustprune.report.rows import Row, cost, group_key, ordered, pruned_nothing, robust_over_clean
+from robustprune.report.rows import (
+    Row,
+    check_row,
+    cost,
+    group_key,
+    ordered,
+    pruned_nothing,
+    robust_over_clean,
+)
 from robustprune.report.stats import Stat
 from robustprune.report.verdicts import paired_verdicts, verdict_table
 
@@ -45,7 +54,9 @@ class SummaryRow:
 
 def summarize(rows: Iterable[Row]) -> list[SummaryRow]:
     """Aggregate rows over seeds, keeping the run's order (dense first, then each method's
-    settings in recipe order)."""
+    settings in recipe order). Each row is checked first (:func:`~robustprune.report.rows.check_row`:
+    a :class:`~robustprune.errors.RecipeError` names the row and the field)."""
+    rows = _checked(rows, "summarize")
     groups: dict[tuple[str, str, str], list[Row]] = {}
     for row in ordered(rows):
         groups.setdefault(group_key(row), []).append(row)
@@ -227,3 +238,9 @@ def _analysis_table(rows: list[Row], with_variant: bool) -> list[str]:
             cells.append(stat.fmt(scale, digits) if stat else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _checked(rows: Iterable[Row], what: str) -> list[Row]:
+    if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Iterable):
+        raise RecipeError(f"{what} needs a list of result rows (read_results(run_dir)), got {type(rows).__name__}.")
+    return [check_row(row, f"{what}: row {i + 1}") for i, row in enumerate(rows)]
