@@ -89,44 +89,56 @@ def export(
         UnknownNameError: an unknown ``format``.
         InvalidArgumentError: ``path`` is a folder or its folder is missing; bad ``atol``.
         ExportError: the exporter failed, the extra is missing, or the file's outputs differ
-            from the model's by more than the tolerance (the file is removed).
+            from the model's by more than the tolerance.
+
+    The file is written next to ``path`` under a temporary name, checked, and only then moved
+    to ``path``: a failed or refused export leaves ``path`` as it was (an older file there is
+    kept).
     """
-    fmt, target = _check_arguments(model, path, format, atol)
+    fmt, target = _check_arguments(model, path, format, atol, opset)
     inputs = _inputs.resolve_example_inputs(model, example_inputs)
     if not isinstance(inputs, torch.Tensor):
         raise InvalidArgumentError("export takes a model with one input tensor; got several example inputs.",
                                    argument="example_inputs")
+    if not inputs.is_floating_point():
+        raise InvalidArgumentError(
+            f"example_inputs must be floating point (the check feeds random values in [0, 1]), got {inputs.dtype}.",
+            argument="example_inputs")
     x = inputs[:1]
     check = _check_batch(x)
-    modes = _modes.module_modes(model)
-    model.eval()
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{FORMATS[fmt]}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with torch.no_grad():
-            expected = model(check)
-        _inputs.check_logits(expected, check.shape[0], what="export: the model")
-        _write(model, x, target, fmt, opset)
-        got, how = _run_exported(target, fmt, check)
+        with _modes.eval_mode(model):
+            with torch.no_grad():
+                expected = _inputs.first_forward(model, check, "export (example_inputs)")
+            _inputs.check_logits(expected, check.shape[0], what="export: the model")
+            _write(model, x, tmp, fmt, opset)
+            got, how = _run_exported(tmp, fmt, check)
+        got = got.to(expected.device, expected.dtype)
+        diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+        scale = float(expected.abs().max())
+        if not diff <= atol * max(1.0, scale):
+            raise ExportError(
+                f"The exported {fmt} file computes another function: max |Δ| = {diff:.3g} against outputs up "
+                f"to {scale:.3g} (tolerance {atol:g} relative). Nothing was written; try another format "
+                "or report the model."
+            )
+        os.replace(tmp, target)
     finally:
-        _modes.restore_modes(modes)
-    got = got.to(expected.device, expected.dtype)
-    diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-    scale = float(expected.abs().max())
-    if not diff <= atol * max(1.0, scale):
-        target.unlink(missing_ok=True)
-        raise ExportError(
-            f"The exported {fmt} file computes another function: max |Δ| = {diff:.3g} against outputs up "
-            f"to {scale:.3g} (tolerance {atol:g} relative). The file was removed; try another format "
-            "or report the model."
-        )
+        tmp.unlink(missing_ok=True)
     return ExportResult(str(target), fmt, list(x.shape[1:]), diff, scale, how, [1, int(check.shape[0])])
 
 
-def _check_arguments(model: Any, path: Any, format: Any, atol: Any) -> tuple[str, Path]:
+def _check_arguments(model: Any, path: Any, format: Any, atol: Any, opset: Any) -> tuple[str, Path]:
     _inputs.check_materialized(model, "export")
-    if format not in FORMATS:
+    if not isinstance(format, str) or format not in FORMATS:
         raise UnknownNameError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 < atol < float("inf"):
         raise InvalidArgumentError(f"atol must be a positive finite number, got {atol!r}.", argument="atol")
+    if opset is not None:
+        _inputs.check_int("opset", opset, low=7, why="an ONNX opset version, e.g. 17")
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgumentError(f"path must be a file path, got {type(path).__name__}.", argument="path")
     target = Path(path)
@@ -163,25 +175,17 @@ def _write(model: nn.Module, x: torch.Tensor, target: Path, fmt: str, opset: int
     except RobustPruneError:
         raise
     except Exception as exc:
-        target.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"Exporting to {fmt} failed: {type(exc).__name__}: {first}. Try another format.") from exc
 
 
 def _write_onnx(model: nn.Module, x: torch.Tensor, target: Path, opset: int | None) -> None:
-    """The TorchScript-based ONNX exporter (fast, no onnxscript needed), dynamic batch;
-    written to a temporary file in the same folder and moved into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["logits"],
-                                  "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}, "dynamo": False}
-        if opset is not None:
-            kwargs["opset_version"] = int(opset)
-        torch.onnx.export(model, (x,), tmp, **kwargs)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """The TorchScript-based ONNX exporter (fast, no onnxscript needed), dynamic batch."""
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["logits"],
+                              "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}, "dynamo": False}
+    if opset is not None:
+        kwargs["opset_version"] = int(opset)
+    torch.onnx.export(model, (x,), str(target), **kwargs)
 
 
 def _run_exported(target: Path, fmt: str, x: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -201,7 +205,6 @@ def _run_exported(target: Path, fmt: str, x: torch.Tensor) -> tuple[torch.Tensor
         with torch.no_grad():
             return loaded(x), "torch.export.load"
     except Exception as exc:
-        target.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"The exported {fmt} file does not run: {type(exc).__name__}: {first}. "
-                          "The file was removed; try another format.") from exc
+                          "Nothing was written; try another format.") from exc

@@ -85,6 +85,47 @@ def test_export_refuses_bad_inputs_before_writing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"format": ["torchscript"]}, UnknownNameError, r"Unknown export format \['torchscript'\]"),
+        ({"opset": True}, InvalidArgumentError, r"opset must be an integer >= 7"),
+        ({"opset": "abc"}, InvalidArgumentError, r"opset must be an integer"),
+        ({"opset": 3}, InvalidArgumentError, r"opset must be an integer >= 7"),
+        ({"example_inputs": torch.rand(1, 5, 32, 32)}, InvalidArgumentError, r"cannot run on the data.s inputs"),
+        ({"example_inputs": torch.zeros(1, 3, 32, 32, dtype=torch.long)}, InvalidArgumentError, r"floating point"),
+    ],
+)
+def test_export_bad_arguments_leave_an_older_file_in_place(tmp_path, kwargs, error, match):
+    """A refused or failed export never touches the file already at ``path``."""
+    model = _pruned_resnet()
+    old = tmp_path / "m.onnx"
+    old.write_text("an older export")
+    with pytest.raises(error, match=match):
+        rp.export(model, old, **{"format": "onnx", **kwargs})
+    assert old.read_text() == "an older export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left
+
+
+def test_a_failed_export_keeps_the_older_file_and_a_good_one_replaces_it(tmp_path, monkeypatch):
+    model = _pruned_resnet()
+    old = tmp_path / "m.pt"
+    old.write_text("an older export")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer exploded")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with pytest.raises(ExportError, match="Exporting to torchscript failed: RuntimeError: tracer exploded"):
+        rp.export(model, old, format="torchscript")
+    assert old.read_text() == "an older export" and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    monkeypatch.undo()
+    result = rp.export(model, old, format="torchscript")
+    assert result.path == str(old) and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(torch.jit.load(str(old))(x), model(x), atol=1e-4)
+
+
 def test_cli_prune_a_torchvision_model_with_weights_then_export_to_onnx(tmp_path, capsys):
     """The acceptance chain: prune --model torchvision:resnet18 --weights, export, onnxruntime."""
     import onnxruntime as ort
