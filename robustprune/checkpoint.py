@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustprune._inputs import check_materialized
 from robustprune._io import atomic_torch_save
 from robustprune.errors import InvalidArgumentError, RobustPruneError, UnknownNameError
 from robustprune.models import create_model, list_models, model_spec
@@ -60,7 +61,16 @@ def save_pruned(
         history: pruning steps to replay; default ``model.robustprune_history``.
         meta: extra plain data (numbers, strings, lists, dicts, tensors), returned by
             :func:`load_pruned` as ``model.robustprune_meta``.
+
+    Each module's train/eval mode and each parameter's ``requires_grad`` are saved too. When
+    ``arch``, ``arch_kwargs`` or ``history`` is given (rather than read from the model), the
+    checkpoint is rebuilt once before it is written (the architecture built, the history
+    replayed, every weight's shape compared), so that no checkpoint that cannot be loaded is
+    ever written: a mismatch is an :class:`~robustprune.errors.InvalidArgumentError` naming
+    the argument.
     """
+    _check_save_arguments(model, arch_kwargs, history, meta)
+    explicit = arch is not None or arch_kwargs is not None or history is not None
     spec = model_spec(model)
     if arch is None:
         if spec is None:
@@ -81,9 +91,22 @@ def save_pruned(
             arch_kwargs = spec.kwargs
     arch_kwargs = dict(arch_kwargs or {})
     if "input_shape" in arch_kwargs:
-        input_shape = list(arch_kwargs.pop("input_shape"))
+        shape = arch_kwargs.pop("input_shape")
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not all(
+                is_int(d) and d > 0 for d in shape):
+            raise InvalidArgumentError(
+                f"arch_kwargs['input_shape'] must be the shape of one example, e.g. [3, 32, 32], got {shape!r}.",
+                argument="arch_kwargs")
+        input_shape = list(shape)
     if history is None:
         history = getattr(model, "robustprune_history", None) or []
+    try:
+        check_history(list(history))
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"save_pruned: history: {exc}", argument="history") from None
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if explicit:
+        _check_rebuilds(arch, arch_kwargs, input_shape, list(history), state)
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -91,8 +114,11 @@ def save_pruned(
         "arch_kwargs": _plain(arch_kwargs, "arch_kwargs"),
         "input_shape": input_shape,
         "history": _plain(list(history), "history"),
-        "state_dict": {k: v.detach() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "training": bool(model.training),
+        # the modules whose mode differs from the model's (a frozen BatchNorm), the frozen parameters
+        "other_mode": [n for n, m in model.named_modules() if n and m.training != model.training],
+        "frozen": [n for n, q in model.named_parameters() if not q.requires_grad],
         "meta": _plain(dict(meta or {}), "meta"),
         "versions": _versions(),
     }
@@ -104,7 +130,10 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device |
 
     The returned model carries ``robustprune_meta`` (the saved ``meta`` dict),
     ``robustprune_history`` (so it can be pruned further and saved again) and the saved
-    train/eval mode."""
+    train/eval modes (module by module) and ``requires_grad`` flags."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"path must be a checkpoint file path, got {type(path).__name__}.", argument="path")
+    map_location = _check_map_location(map_location)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at '{path}'.")
@@ -142,11 +171,74 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device |
             "the checkpoint's architecture arguments or pruning history are inconsistent."
         ) from exc
     model.train(fields["training"])
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    unknown = [n for n in fields["other_mode"] if n not in modules] + [n for n in fields["frozen"] if n not in params]
+    if unknown:
+        raise CheckpointError(f"'{path}' names modules or parameters the rebuilt '{arch}' does not have: {unknown[:3]}.")
+    for name in fields["other_mode"]:
+        modules[name].training = not fields["training"]
+    for name in fields["frozen"]:
+        params[name].requires_grad_(False)
     model.robustprune_meta = fields["meta"]
     return model
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_save_arguments(model: Any, arch_kwargs: Any, history: Any, meta: Any) -> None:
+    check_materialized(model, "save_pruned")
+    for name, value in (("arch_kwargs", arch_kwargs), ("meta", meta)):
+        if value is not None and not isinstance(value, Mapping):
+            raise InvalidArgumentError(f"{name} must be a dict, got {type(value).__name__}.", argument=name)
+    if history is not None and (isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence)):
+        raise InvalidArgumentError(
+            f"history must be a list of pruning steps (model.robustprune_history), got {type(history).__name__}.",
+            argument="history")
+
+
+def _check_rebuilds(arch: str, arch_kwargs: dict[str, Any], input_shape: list[int] | None,
+                    history: list[Any], state: Mapping[str, torch.Tensor]) -> None:
+    """The checkpoint these arguments make can be loaded: the architecture builds, the
+    history replays on it and the weights fit (on the CPU, before anything is written)."""
+    where = f"save_pruned(arch={arch!r}, arch_kwargs={arch_kwargs!r})"
+    try:
+        model = create_model(arch, input_shape=tuple(input_shape) if input_shape else None, **arch_kwargs)
+    except Exception as exc:  # noqa: BLE001 (reported with the arguments that caused it)
+        raise InvalidArgumentError(
+            f"{where}: the architecture cannot be built from these arguments ({type(exc).__name__}: "
+            f"{first_line(exc)}), so the checkpoint could never be loaded.", argument="arch_kwargs") from None
+    try:
+        replay_history(model, history)
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidArgumentError(
+            f"{where}: the pruning history does not replay on this architecture ({first_line(exc)}), so the "
+            "checkpoint could never be loaded.", argument="history") from None
+    detail = _state_mismatch(model, state)
+    if detail:
+        raise InvalidArgumentError(
+            f"{where}: the model's weights do not fit the architecture these arguments build (state_dict: "
+            f"{detail}); pass the arguments the model was built with.", argument="arch_kwargs")
+
+
+def _check_map_location(map_location: Any) -> str | torch.device | None:
+    if map_location is None:
+        return None
+    if not isinstance(map_location, (str, torch.device)):
+        raise InvalidArgumentError(
+            f"map_location must be a device ('cpu', 'cuda', 'cuda:1') or None, got {type(map_location).__name__}.",
+            argument="map_location")
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(
+            f"map_location={map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:<index>' or None.",
+            argument="map_location") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            f"map_location={map_location!r}: CUDA is not available here; load with map_location='cpu'.",
+            argument="map_location")
+    return map_location
 
 
 def _check_arch(arch: Any) -> None:
@@ -238,6 +330,12 @@ def _checked_payload(payload: Mapping[str, Any], path: Path) -> dict[str, Any]:
     training = payload.get("training", False)
     if not isinstance(training, bool):
         raise bad("training", "a bool")
+    names = {}
+    for field in ("other_mode", "frozen"):
+        value = payload.get(field) or []
+        if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+            raise bad(field, "a list of names")
+        names[field] = value
     history = payload.get("history") or []
     try:
         history = check_history(history)
@@ -245,24 +343,32 @@ def _checked_payload(payload: Mapping[str, Any], path: Path) -> dict[str, Any]:
         raise CheckpointError(f"'{path}' is a malformed robustprune checkpoint: {exc}") from exc
     return {
         "arch": arch, "arch_kwargs": dict(kwargs or {}), "input_shape": tuple(shape) if shape else None,
-        "state_dict": state, "meta": dict(meta or {}), "training": training, "history": history,
+        "state_dict": state, "meta": dict(meta or {}), "training": training, "history": history, **names,
     }
 
 
 def _check_state_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch: str) -> None:
     """Every tensor of ``state`` has the shape of the rebuilt model's (before loading any)."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (
-            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-            else f"'{wrong[0]}' is {tuple(state[wrong[0]].shape)}, the model's is {tuple(own[wrong[0]].shape)}"
-        )
+    detail = _state_mismatch(model, state)
+    if detail:
         raise CheckpointError(
             f"The weights in '{path}' do not fit the rebuilt '{arch}' (state_dict: {detail}); the "
             "checkpoint's architecture arguments or pruning history are inconsistent."
         )
+
+
+def _state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``state`` does not fit ``model`` (the first missing, unexpected or misshapen
+    tensor), or None when it fits."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or wrong):
+        return None
+    return (
+        f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+        else f"'{wrong[0]}' is {tuple(state[wrong[0]].shape)}, the model's is {tuple(own[wrong[0]].shape)}"
+    )
 
 
 def _plain(value: Any, where: str) -> Any:

@@ -132,7 +132,15 @@ def test_loading_something_else_fails_clearly(tmp_path):
 def test_checkpoint_whose_history_does_not_fit_its_architecture_fails_clearly(tmp_path):
     model = create_model("fcn", width=16)
     rp.prune(model, eps=0.5)
-    path = save_pruned(model, tmp_path / "m.pt", arch_kwargs={"width": 32})
+    # save_pruned refuses to write it (the history replays on width 32 to other widths)...
+    with pytest.raises(InvalidArgumentError, match=r"arch_kwargs=\{'width': 32\}.*do not fit"):
+        save_pruned(model, tmp_path / "refused.pt", arch_kwargs={"width": 32})
+    assert not (tmp_path / "refused.pt").exists()
+    # ...and such a file, written otherwise, is refused clearly on load
+    path = save_pruned(model, tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["arch_kwargs"] = {**payload["arch_kwargs"], "width": 32}
+    torch.save(payload, path)
     with pytest.raises(CheckpointError):
         load_pruned(path)
 
@@ -140,3 +148,57 @@ def test_checkpoint_whose_history_does_not_fit_its_architecture_fails_clearly(tm
 def test_meta_must_be_plain_data(tmp_path):
     with pytest.raises(InvalidArgumentError, match="meta"):
         save_pruned(create_model("fcn"), tmp_path / "m.pt", meta={"fn": nn.ReLU()})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"arch": "cnn-small"}, r"arch='cnn-small'.*do not fit"),
+        ({"arch_kwargs": {"bogus": 1}}, r"cannot be built from these arguments"),
+        ({"arch_kwargs": {"width": 16}}, r"arch_kwargs=\{'width': 16\}.*do not fit"),
+        ({"arch_kwargs": {"input_shape": "abc"}}, r"arch_kwargs\['input_shape'\] must be the shape"),
+        ({"arch_kwargs": [1, 2]}, r"arch_kwargs must be a dict"),
+        ({"meta": "abc"}, r"meta must be a dict"),
+        ({"meta": [1]}, r"meta must be a dict"),
+        ({"history": [{"foo": 1}]}, r"history: Pruning history\[0\] has unknown kind"),
+        ({"history": 5}, r"history must be a list of pruning steps"),
+    ],
+)
+def test_save_pruned_never_writes_a_checkpoint_that_cannot_be_loaded(tmp_path, kwargs, match):
+    model = create_model("fcn", width=8)
+    with pytest.raises(InvalidArgumentError, match=match):
+        save_pruned(model, tmp_path / "m.pt", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_pruned_refuses_a_non_module(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="save_pruned needs a torch.nn.Module"):
+        save_pruned("abc", tmp_path / "m.pt", arch="fcn")
+
+
+@pytest.mark.parametrize(
+    "path, map_location, match",
+    [
+        (None, "cpu", r"path must be a checkpoint file path"),
+        (5, "cpu", r"path must be a checkpoint file path"),
+        ("GOOD", "bogus", r"map_location='bogus' is not a device"),
+        ("GOOD", 5, r"map_location must be a device"),
+    ] + ([] if torch.cuda.is_available() else [("GOOD", "cuda", r"CUDA is not available here")]),
+)
+def test_load_pruned_names_the_bad_argument_not_the_file(tmp_path, path, map_location, match):
+    good = save_pruned(create_model("fcn", width=8), tmp_path / "good.pt")
+    with pytest.raises(InvalidArgumentError, match=match):
+        load_pruned(good if path == "GOOD" else path, map_location=map_location)
+
+
+def test_each_modules_mode_and_frozen_parameters_survive_a_round_trip(tmp_path):
+    model = create_model("cnn-small", widths=(4, 8))
+    rp.prune(model, method="fixed", ratio=0.5)
+    model.train()
+    next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)).eval()
+    next(model.parameters()).requires_grad_(False)
+    loaded = load_pruned(save_pruned(model, tmp_path / "m.pt"))
+    assert [(n, m.training) for n, m in loaded.named_modules()] == [(n, m.training) for n, m in model.named_modules()]
+    assert [(n, q.requires_grad) for n, q in loaded.named_parameters()] == [
+        (n, q.requires_grad) for n, q in model.named_parameters()]
+    assert any(not m.training for m in loaded.modules()) and not all(q.requires_grad for q in loaded.parameters())
