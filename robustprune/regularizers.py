@@ -118,6 +118,10 @@ class LayerRegularizer(nn.Module):
                     f"Layer '{name}' is a {type(module).__name__}; regularizers act on Linear, "
                     "Conv2d and LowRankLinear layers."
                 )
+            if any(module is m for _, m in out):
+                raise InvalidArgumentError(
+                    f"Layer '{name}' is listed twice in layers= (by name or as a module); its penalty would "
+                    "count twice. List each layer once.", argument="layers")
             out.append((name, module))
         return out
 
@@ -199,7 +203,13 @@ class NuclearNorm(LayerRegularizer):
         w = matricize(layer)
         gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
         tau = ((1e-6 * torch.linalg.vector_norm(w.detach())) ** 2).clamp_min(1e-30)
-        eig = torch.linalg.eigvalsh(gram).clamp_min(0)
+        try:
+            eig = torch.linalg.eigvalsh(gram).clamp_min(0)
+        except torch.linalg.LinAlgError:
+            # NaN or inf weights: the eigensolver does not converge. The penalty is NaN, as
+            # BetaDispersion's is: fit's loss check then stops before the update and restores
+            # the step's running statistics (TrainingDivergedError), one path for every regularizer
+            return (w * math.nan).sum()
         return torch.sqrt(eig + tau).sum()
 
 
@@ -320,14 +330,14 @@ class Alignment(LayerRegularizer):
 
 def _check_weight(weight: object) -> float:
     """A regularizer's weight: a finite real number >= 0 (not a bool or a string)."""
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, numbers.Real)
-        or not math.isfinite(float(weight))
-        or float(weight) < 0
-    ):
-        raise InvalidArgumentError(f"weight must be a finite number >= 0, got {weight!r}.", argument="weight")
-    return float(weight)
+    try:
+        value = float(weight) if isinstance(weight, numbers.Real) and not isinstance(weight, bool) else math.nan
+    except OverflowError:  # an int beyond the float range (10**400)
+        value = math.inf
+    if not math.isfinite(value) or value < 0:
+        shown = repr(weight) if len(repr(weight)) <= 40 else repr(weight)[:40] + "..."
+        raise InvalidArgumentError(f"weight must be a finite number >= 0, got {shown}.", argument="weight")
+    return value
 
 
 def _check_layer_spec(layers: object) -> tuple[str | nn.Module, ...] | None:

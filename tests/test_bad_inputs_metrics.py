@@ -209,3 +209,13 @@ def test_spellings_of_the_two_norms_are_still_accepted() -> None:
         assert M.operator_norm(LIN_A, p) == M.operator_norm(LIN_A, "2")
     for p in ("inf", "Linf", "linf", "∞", math.inf):
         assert M.operator_norm(LIN_A, p) == M.operator_norm(LIN_A, "inf")
+
+
+@pytest.mark.parametrize("bad", ["abc", None, torch.ones(2), [1]])
+def test_folding_refuses_what_is_not_a_module(bad) -> None:
+    from robustprune.errors import InvalidArgumentError
+    from robustprune.layers import fold_batchnorm, fold_for_analysis
+
+    for fold in (fold_batchnorm, fold_for_analysis):
+        with pytest.raises(InvalidArgumentError, match=f"{fold.__name__} needs a torch.nn.Module"):
+            fold(bad)

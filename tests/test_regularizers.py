@@ -61,6 +61,28 @@ def test_bad_weights_and_fractions_are_refused():
             GroupLasso(bad)
     with pytest.raises(InvalidArgumentError, match="top"):
         BetaDispersion(1.0, top=0.0)
+    with pytest.raises(InvalidArgumentError, match="weight must be a finite number"):
+        BetaDispersion(10**400)  # beyond the float range: no OverflowError
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_a_layer_listed_twice_is_refused_not_counted_twice(cls):
+    model = create_model("fcn", width=8)
+    layer = model.get_submodule("features.1")
+    for layers in (["features.1", "features.1"], ["features.1", layer]):
+        with pytest.raises(InvalidArgumentError, match="listed twice in layers="):
+            cls(1.0, layers=layers)(model)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_non_finite_weights_give_a_nan_penalty_that_fit_stops_on(cls):
+    """NaN in, NaN out (never a raw eigensolver error): fit's loss check then refuses the step."""
+    model = create_model("fcn", width=8)
+    with torch.no_grad():
+        for name in ("features.1", "features.3"):
+            model.get_submodule(name).weight.fill_(float("nan"))
+    value = cls(1.0, layers=["features.1", "features.3"])(model)
+    assert torch.isnan(value)
 
 
 def _linear(weight: torch.Tensor) -> nn.Linear:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from robustprune.errors import ModelNotSupportedError
+from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 from robustprune.layers.graph import describe, node_kind, trace
 from robustprune.layers.modules import Center, LowRankLinear, Normalize, get_submodule_parent
 
@@ -29,6 +29,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every eval-mode BatchNorm that directly follows a Linear or
     Conv2d folded into that layer's weight and bias (the BN becomes Identity). Exact in
     eval mode: ``W' = W * g/sqrt(v+e)``, ``b' = (b - m) * g/sqrt(v+e) + beta``."""
+    _check_module(model, "fold_batchnorm")
     folded = copy.deepcopy(model).eval()
     graph = trace(folded)
     modules = dict(folded.named_modules())
@@ -76,6 +77,7 @@ def fold_for_analysis(model: nn.Module) -> nn.Module:
     is the one reported. Norms and bounds are computed on this copy, so they describe the map
     from raw inputs in [0, 1] to logits. :func:`robustprune.analysis.analyze` checks that the
     copy computes the model's function on the example inputs."""
+    _check_module(model, "fold_for_analysis")
     folded = fold_batchnorm(model)
     graph = trace(folded)
     modules = dict(folded.named_modules())
@@ -167,3 +169,8 @@ def _fold_into_linear(
     scaled = layer.a if isinstance(layer, LowRankLinear) else layer
     scaled.weight.div_(std_f.view(1, -1))
     return layer.weight @ mean_f
+
+
+def _check_module(model: object, what: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"{what} needs a torch.nn.Module, got {type(model).__name__}.", argument="model")
