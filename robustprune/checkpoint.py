@@ -23,10 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune._inputs import check_materialized
+from robustprune._checkpoint_args import (
+    check_arch,
+    check_map_location,
+    check_rebuilds,
+    check_save_arguments,
+    state_mismatch,
+)
 from robustprune._io import atomic_torch_save
-from robustprune.errors import InvalidArgumentError, RobustPruneError, UnknownNameError
-from robustprune.models import create_model, list_models, model_spec
+from robustprune.errors import InvalidArgumentError, RobustPruneError
+from robustprune.models import create_model, model_spec
 from robustprune.models.passthrough import suggest_passthrough
 from robustprune.pruners._checks import first_line, is_int
 from robustprune.pruners.history import check_history, replay_history
@@ -69,7 +75,7 @@ def save_pruned(
     ever written: a mismatch is an :class:`~robustprune.errors.InvalidArgumentError` naming
     the argument.
     """
-    _check_save_arguments(model, arch_kwargs, history, meta)
+    check_save_arguments(model, arch_kwargs, history, meta)
     explicit = arch is not None or arch_kwargs is not None or history is not None
     spec = model_spec(model)
     if arch is None:
@@ -83,7 +89,7 @@ def save_pruned(
                 "create_model (or register_model a builder) next time."
             )
         arch = spec.name
-    _check_arch(arch)
+    check_arch(arch)
     input_shape = None
     if spec is not None and spec.name == arch:
         input_shape = list(spec.input_shape) if spec.input_shape else None
@@ -106,7 +112,7 @@ def save_pruned(
         raise InvalidArgumentError(f"save_pruned: history: {exc}", argument="history") from None
     state = {k: v.detach() for k, v in model.state_dict().items()}
     if explicit:
-        _check_rebuilds(arch, arch_kwargs, input_shape, list(history), state)
+        check_rebuilds(arch, arch_kwargs, input_shape, list(history), state)
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -133,7 +139,7 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device |
     train/eval modes (module by module) and ``requires_grad`` flags."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgumentError(f"path must be a checkpoint file path, got {type(path).__name__}.", argument="path")
-    map_location = _check_map_location(map_location)
+    map_location = check_map_location(map_location)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at '{path}'.")
@@ -184,92 +190,6 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device |
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_save_arguments(model: Any, arch_kwargs: Any, history: Any, meta: Any) -> None:
-    check_materialized(model, "save_pruned")
-    for name, value in (("arch_kwargs", arch_kwargs), ("meta", meta)):
-        if value is not None and not isinstance(value, Mapping):
-            raise InvalidArgumentError(f"{name} must be a dict, got {type(value).__name__}.", argument=name)
-    if history is not None and (isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence)):
-        raise InvalidArgumentError(
-            f"history must be a list of pruning steps (model.robustprune_history), got {type(history).__name__}.",
-            argument="history")
-
-
-def _check_rebuilds(arch: str, arch_kwargs: dict[str, Any], input_shape: list[int] | None,
-                    history: list[Any], state: Mapping[str, torch.Tensor]) -> None:
-    """The checkpoint these arguments make can be loaded: the architecture builds, the
-    history replays on it and the weights fit (on the CPU, before anything is written)."""
-    where = f"save_pruned(arch={arch!r}, arch_kwargs={arch_kwargs!r})"
-    try:
-        model = create_model(arch, input_shape=tuple(input_shape) if input_shape else None, **arch_kwargs)
-    except Exception as exc:  # noqa: BLE001 (reported with the arguments that caused it)
-        raise InvalidArgumentError(
-            f"{where}: the architecture cannot be built from these arguments ({type(exc).__name__}: "
-            f"{first_line(exc)}), so the checkpoint could never be loaded.", argument="arch_kwargs") from None
-    try:
-        replay_history(model, history)
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidArgumentError(
-            f"{where}: the pruning history does not replay on this architecture ({first_line(exc)}), so the "
-            "checkpoint could never be loaded.", argument="history") from None
-    detail = _state_mismatch(model, state)
-    if detail:
-        raise InvalidArgumentError(
-            f"{where}: the model's weights do not fit the architecture these arguments build (state_dict: "
-            f"{detail}); pass the arguments the model was built with.", argument="arch_kwargs")
-
-
-def _check_map_location(map_location: Any) -> str | torch.device | None:
-    if map_location is None:
-        return None
-    if not isinstance(map_location, (str, torch.device)):
-        raise InvalidArgumentError(
-            f"map_location must be a device ('cpu', 'cuda', 'cuda:1') or None, got {type(map_location).__name__}.",
-            argument="map_location")
-    try:
-        device = torch.device(map_location)
-    except (RuntimeError, TypeError):
-        raise InvalidArgumentError(
-            f"map_location={map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:<index>' or None.",
-            argument="map_location") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(
-            f"map_location={map_location!r}: CUDA is not available here; load with map_location='cpu'.",
-            argument="map_location")
-    return map_location
-
-
-def _check_arch(arch: Any) -> None:
-    """``arch`` names an architecture :func:`create_model` can build (checked at save time,
-    so that no unloadable checkpoint is ever written)."""
-    if not isinstance(arch, str) or not arch:
-        raise InvalidArgumentError(f"arch must be a model registry name (str), got {arch!r}.", argument="arch")
-    if arch in list_models() or _passthrough_exists(arch):
-        return
-    raise UnknownNameError(
-        f"save_pruned(arch={arch!r}): no such architecture, so the checkpoint could never be loaded. "
-        "Register it first (@robustprune.models.register_model on a function (num_classes, input_shape, "
-        "**kw) -> nn.Module), or use 'timm:<name>' / 'torchvision:<name>'; registered: "
-        f"{', '.join(list_models())}."
-    )
-
-
-def _passthrough_exists(arch: str) -> bool:
-    prefix, _, name = arch.partition(":")
-    try:
-        if prefix == "timm":
-            import timm
-
-            return bool(name) and timm.is_model(name)
-        if prefix == "torchvision":
-            import torchvision
-
-            return name in torchvision.models.list_models()
-    except ImportError:
-        return False
-    return False
 
 
 def _writable_path(path: Any) -> Path:
@@ -349,26 +269,12 @@ def _checked_payload(payload: Mapping[str, Any], path: Path) -> dict[str, Any]:
 
 def _check_state_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch: str) -> None:
     """Every tensor of ``state`` has the shape of the rebuilt model's (before loading any)."""
-    detail = _state_mismatch(model, state)
+    detail = state_mismatch(model, state)
     if detail:
         raise CheckpointError(
             f"The weights in '{path}' do not fit the rebuilt '{arch}' (state_dict: {detail}); the "
             "checkpoint's architecture arguments or pruning history are inconsistent."
         )
-
-
-def _state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """How ``state`` does not fit ``model`` (the first missing, unexpected or misshapen
-    tensor), or None when it fits."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if not (missing or unexpected or wrong):
-        return None
-    return (
-        f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-        else f"'{wrong[0]}' is {tuple(state[wrong[0]].shape)}, the model's is {tuple(own[wrong[0]].shape)}"
-    )
 
 
 def _plain(value: Any, where: str) -> Any:
