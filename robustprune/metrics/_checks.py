@@ -8,8 +8,10 @@ and strings are refused rather than converted, so that ``eps="a"`` or ``delta=Tr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -29,6 +31,7 @@ __all__ = [
     "check_shape",
     "check_reals",
     "as_real_tensor",
+    "refused_if_it_does_not_fit",
 ]
 
 Norm = Literal["2", "inf"]
@@ -158,3 +161,15 @@ def check_budget(delta: float, what: str = "delta") -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidArgumentError(f"{what} must be a finite budget >= 0, got {delta}.", argument=what)
     return value
+
+
+@contextlib.contextmanager
+def refused_if_it_does_not_fit(what: str, fix: str, argument: str) -> Iterator[None]:
+    """Run a forward on the caller's inputs: a ``RuntimeError``/``ValueError`` raised in the
+    block (a shape or dtype the model does not take) becomes an InvalidArgumentError
+    ``"<what> (<error>: <its first line>); <fix>"`` naming ``argument``."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InvalidArgumentError(f"{what} ({type(exc).__name__}: {first}); {fix}", argument=argument) from exc

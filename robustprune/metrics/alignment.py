@@ -34,6 +34,7 @@ from robustprune.metrics._checks import (
     check_nonnegative,
     check_norm,
     check_tol,
+    refused_if_it_does_not_fit,
 )
 from robustprune.metrics._lanczos import ALIGNMENT_TOL, START_SEED, power_iteration, start_vector
 from robustprune.metrics.norms import (
@@ -191,14 +192,9 @@ def _pair_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(z0, zb)``: layer_a's output on ``x`` and layer_b's input, checked to fit layer_b."""
     with torch.no_grad():
-        try:
+        with refused_if_it_does_not_fit(f"layer_a does not accept inputs of shape {tuple(x.shape[1:])}",
+                                        "pass a batch of layer_a's inputs (or input_shape=).", "data"):
             z0 = layer_a(x)
-        except (RuntimeError, ValueError) as exc:
-            raise InvalidArgumentError(
-                f"layer_a does not accept inputs of shape {tuple(x.shape[1:])} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0]}); pass a batch of layer_a's inputs (or input_shape=).",
-                argument="data",
-            ) from exc
         try:
             zb = through(z0)
             if not isinstance(zb, torch.Tensor):

@@ -26,6 +26,7 @@ from robustprune.metrics._checks import (
     check_norm,
     check_shape,
     check_tol,
+    refused_if_it_does_not_fit,
 )
 from robustprune.metrics._lanczos import POWER_TOL, power_iteration, start_vector
 from robustprune.metrics.norms import jvp
@@ -100,14 +101,9 @@ def top_input_direction(
     fn = _first_layer_map(model, layer)
     with eval_mode(model), torch.no_grad():
         x0 = torch.full((1, *shape), 0.5, device=ref.device, dtype=ref.dtype)
-        try:
+        with refused_if_it_does_not_fit(f"The model cannot run on inputs of shape {shape}",
+                                        "pass the shape of one example it takes.", "input_shape"):
             _, vjp_fn = torch.func.vjp(fn, x0)
-        except (RuntimeError, ValueError) as exc:
-            raise InvalidArgumentError(
-                f"The model cannot run on inputs of shape {shape} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); pass the shape of one example it takes.",
-                argument="input_shape",
-            ) from exc
 
         def forward(v: torch.Tensor) -> torch.Tensor:
             return jvp(fn, x0, v)
@@ -201,12 +197,9 @@ def _check_audit_data(model: nn.Module, x: object, y: object) -> tuple[torch.Ten
     ref = next(model.parameters())
     x, y = x.to(device=ref.device, dtype=ref.dtype), y.to(device=ref.device, dtype=torch.long)
     with eval_mode(model), torch.no_grad():
-        try:
+        with refused_if_it_does_not_fit(f"The model cannot run on x's examples of shape {tuple(x.shape[1:])}",
+                                        "pass inputs of the shape the model takes.", "x"):
             out = model(x[:1])
-        except (RuntimeError, ValueError) as exc:
-            raise InvalidArgumentError(
-                f"The model cannot run on x's examples of shape {tuple(x.shape[1:])} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}).", argument="x") from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelNotSupportedError(
