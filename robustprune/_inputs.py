@@ -36,6 +36,7 @@ __all__ = [
     "first_forward",
     "check_materialized",
     "check_int",
+    "check_bool",
     "check_example_inputs",
     "input_shape_of",
     "infer_example_inputs",
@@ -297,7 +298,11 @@ def check_logits(out: Any, n: int, *, what: str = "the model", where: str = "", 
 
 def first_forward(model: nn.Module, x: torch.Tensor, what: str) -> Any:
     """``model(x)`` on the first batch of the data, a shape mismatch between the data and
-    the model turned into an :class:`~robustprune.errors.InvalidArgumentError`."""
+    the model turned into an :class:`~robustprune.errors.InvalidArgumentError`. The
+    model's input :class:`~robustprune.layers.Normalize` is checked first: with per-channel
+    statistics for C > 1 channels, a batch of another channel count would be broadcast
+    (a grey image read as three channels) instead of failing."""
+    check_channels(model, x, what)
     try:
         return model(x)
     except torch.cuda.OutOfMemoryError:
@@ -313,6 +318,22 @@ def first_forward(model: nn.Module, x: torch.Tensor, what: str) -> Any:
         ) from exc
 
 
+def check_channels(model: nn.Module, x: torch.Tensor, what: str) -> None:
+    """Refuse inputs whose channel count differs from the per-channel statistics of the
+    model's first :class:`~robustprune.layers.Normalize` (the input normalization)."""
+    from robustprune.layers import Normalize
+
+    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    channels = 0 if norm is None else int(norm.mean.numel())
+    if channels > 1 and x.ndim >= 3 and int(x.shape[1]) != channels:
+        raise InvalidArgumentError(
+            f"{what}: the inputs have {int(x.shape[1])} channel(s) (shape {tuple(x.shape[1:])} per example) but the "
+            f"model's input normalization has statistics for {channels}; they would be broadcast, not "
+            "checked. Pass inputs of the model's channel count (e.g. x.expand(-1, 3, -1, -1) for grey images).",
+            argument="data",
+        )
+
+
 def check_materialized(model: Any, what: str) -> None:
     """Refuse a model that is not an ``nn.Module`` or has parameters or buffers on the meta
     device (no values: built under ``torch.device("meta")``)."""
@@ -325,6 +346,14 @@ def check_materialized(model: Any, what: str) -> None:
             "meta device (no values); materialize it first, e.g. model.to_empty(device='cpu') "
             "and load its weights."
         )
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` when it is ``True`` or ``False`` (not a string, number or None); else an
+    :class:`~robustprune.errors.InvalidArgumentError` naming ``name``."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}.", argument=name)
+    return value
 
 
 def check_int(

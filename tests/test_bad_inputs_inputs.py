@@ -22,12 +22,21 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from robustprune import _torchvision_data
-from robustprune.attacks import AdversarialConfig, robust_accuracy
+from robustprune.attacks import (
+    AdversarialConfig,
+    fgsm_rs,
+    pgd,
+    robust_accuracy,
+    trades_attack,
+    trades_loss,
+    trades_objective,
+)
 from robustprune.data import create_datasets, create_loaders
 from robustprune.errors import DatasetNotFoundError, RobustPruneError, TrainingDivergedError
 from robustprune.evaluation import evaluate, measure_latency
 from robustprune.models import create_model
-from robustprune.train import fit
+from robustprune.pruners.schedules import ScheduledPruning
+from robustprune.train import DistillConfig, fit
 
 N = 16
 G = torch.Generator().manual_seed(0)
@@ -284,7 +293,60 @@ FIT = [
     Case("nan-loss-step-1", ft(regularizers=[returns_nan], lr=0.05),
          r"epoch 1, batch 1, lr=0\.05; detected before the update"),
     Case("meta-model", lambda m: fit(meta_fcn(), (loader(), None), 1, progress=False), r"meta device"),
+    Case("momentum-1.5", ft(momentum=1.5), r"momentum must be in \[0, 1\)"),
+    Case("min-lr-above-lr", ft(min_lr=1.0), r"min_lr \(1\) must be <= lr"),
+    Case("warmup-longer-than-training", ft(warmup_epochs=5), r"warmup_epochs = 5 is longer than the training"),
+    Case("on-epoch-end-int", ft(on_epoch_end=3), r"on_epoch_end must be a callable"),
+    Case("one-logit-model", lambda m: fit(create_model("fcn", width=8, num_classes=1), (loader(), None), 1,
+                                          progress=False), r"the model has 1 output"),
+    Case("distill-adversarial-without-attack",
+         lambda m: fit(m, (loader(), None), 1, progress=False, distill=DistillConfig(teacher=fcn(), target="adversarial")),
+         r"target='adversarial'.*no adversarial= training"),
+    Case("pruning-example-wrong-shape",
+         lambda m: fit(m, (loader(), None), 1, progress=False,
+                       pruning=ScheduledPruning(target_macs=0.5, example_inputs=torch.rand(2, 3, 8, 8))),
+         r"ScheduledPruning.example_inputs.*cannot run"),
+    Case("one-channel-data-for-three-channel-model",
+         lambda m: evaluate(create_model("cnn-small", widths=(4, 8), input_shape=(3, 8, 8)), (X, Y), latency=False,
+                            progress=False), r"1 channel\(s\).*statistics for 3"),
 ]
+
+# the training attacks, called directly: refused before the model runs (a train-mode forward
+# would update the BatchNorm statistics the harness checks)
+
+
+def atk(fn=None, x=X[:4], y=Y[:4], **kw):
+    kw.setdefault("eps", 0.1)
+    fn = fn or pgd
+    return lambda m: fn(m, x, y, **kw)
+
+
+ATTACKS = [
+    Case("step-nan", atk(step_size=float("nan")), r"step_size must be a finite number >= 0"),
+    Case("trades-step-neg", lambda m: trades_attack(m, X[:4], eps=0.1, steps=2, step_size=-1.0), r"step_size"),
+    Case("x-nan", atk(x=X[:4] * float("nan")), r"x contains NaN"),
+    Case("x-255", atk(fgsm_rs, x=X[:4] * 255), r"x must be in \[0, 1\]"),
+    Case("x-int", atk(x=(X[:4] * 255).long()), r"x must be a floating-point batch"),
+    Case("x-channels", atk(x=torch.rand(4, 3, 8, 8)), r"cannot run on x of shape \(3, 8, 8\)"),
+    Case("random-start-str", atk(random_start="yes"), r"random_start must be True or False"),
+    Case("seed-neg", atk(seed=-1), r"seed must be an integer"),
+    Case("generator-int", atk(generator=3), r"generator must be a torch.Generator"),
+    Case("label-15", atk(y=torch.full((4,), 15)), r"y must be class indices in \[0, 9\]"),
+    Case("labels-float", atk(y=Y[:4].float()), r"y must be integer class indices"),
+    Case("labels-B1", atk(y=Y[:4].view(-1, 1)), r"y must have shape \(4,\).*view\(-1\)"),
+    Case("labels-short", atk(y=Y[:2]), r"y must have shape \(4,\)"),
+    Case("labels-list", atk(y=[0, 1, 2, 3]), r"y must be integer class indices"),
+    Case("model-str", lambda m: pgd("m", X[:4], Y[:4], eps=0.1), r"needs a torch.nn.Module"),
+    Case("trades-beta-nan", atk(trades_loss, beta=float("nan")), r"TRADES beta must be a finite number"),
+    Case("trades-beta-bool", atk(trades_loss, beta=True), r"TRADES beta must be a finite number"),
+    Case("objective-beta-str", lambda m: trades_objective(torch.randn(4, 10), torch.randn(4, 10), Y[:4], "a"),
+         r"TRADES beta"),
+]
+
+
+@pytest.mark.parametrize("case", ATTACKS, ids=repr)
+def test_training_attacks_refuse(case: Case, model: nn.Module) -> None:
+    expect_refusal(case, model)
 
 
 @pytest.mark.parametrize("case", FIT, ids=repr)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune._inputs import resolve_example_inputs
+from robustprune._inputs import check_channels, resolve_example_inputs
 from robustprune._modes import eval_mode
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 
@@ -165,6 +165,7 @@ def example_batch(
 def check_forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
     """The model's output on ``x`` (eval mode, restored): a failure names ``what``; an
     output that is not a tensor, or is not finite, is refused."""
+    check_channels(model, x, what)
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from robustprune._inputs import BatchValidator, split_labelled_batch
+from robustprune._inputs import BatchValidator, check_int, split_labelled_batch
 from robustprune.errors import InvalidArgumentError
 
 __all__ = ["rebatch", "split_batch", "num_examples"]
@@ -26,7 +26,21 @@ def rebatch(
     ``n_examples``. The cut does not depend on how ``data`` itself is batched.
 
     With ``check``, every batch of ``data`` (the part of it that is used) is validated by
-    the :class:`~robustprune._inputs.BatchValidator` before it is cut or concatenated."""
+    the :class:`~robustprune._inputs.BatchValidator` before it is cut or concatenated.
+    ``batch_size`` and ``n_examples`` are checked when it is called, before any batch."""
+    check_int("batch_size", batch_size, low=1)
+    if n_examples is not None:
+        check_int("n_examples", n_examples, low=1, why="or None for every example")
+    return _rebatch(data, batch_size, n_examples, check=check)
+
+
+def _rebatch(
+    data: Iterable[Any] | tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+    n_examples: int | None,
+    *,
+    check: BatchValidator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = split_batch(data)
         same = x.ndim > 0 and y.ndim > 0 and x.shape[0] == y.shape[0]

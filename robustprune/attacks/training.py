@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustprune.attacks._checks import check_attack, check_beta, check_step_size, runs_on
 from robustprune.errors import InvalidArgumentError
 
 __all__ = [
@@ -84,14 +85,25 @@ def pgd(
     Returns:
         ``x_adv`` (detached, same dtype as ``x``) with ``||x_adv - x|| ≤ eps`` and
         ``0 ≤ x_adv ≤ 1``.
+
+    Bad arguments (inputs outside [0, 1] or not finite, labels that are not class indices,
+    a NaN step) are refused before the model runs.
     """
     check_budget(eps, norm, steps)
+    check_attack(model, x, y, step_size=step_size, seed=seed, random_start=random_start, generator=generator)
+    with runs_on(x):
+        return _pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
+                    generator=generator, seed=seed)
+
+
+def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "Linf", steps: int = 10,
+         step_size: float | None = None, random_start: bool = True, generator: torch.Generator | None = None,
+         seed: int = 0) -> torch.Tensor:
+    """:func:`pgd` on arguments already checked (fit's batches)."""
     x = x.detach()
     if eps == 0 or (steps == 0 and not random_start):
         return x.clone()
     alpha = _default_step(eps, steps) if step_size is None else float(step_size)
-    if alpha < 0:
-        raise InvalidArgumentError(f"step_size must be >= 0, got {step_size}.")
     delta = _random_delta(x, eps, norm, _generator(x, generator, seed)) if random_start else None
     x_adv = x.clone() if delta is None else (x + delta).clamp_(0.0, 1.0)
     for _ in range(steps):
@@ -121,6 +133,7 @@ def fgsm_rs(
     ``g`` the sign (Linf) or normalized (L2) gradient at ``x + δ_0``, ``α = 1.25 eps`` by
     default. Same guarantees and arguments as :func:`pgd`.
     """
+    check_step_size(step_size)
     alpha = 1.25 * eps if step_size is None else step_size
     return pgd(
         model, x, y, eps=eps, norm=norm, steps=1, step_size=alpha, random_start=True,
@@ -152,8 +165,7 @@ def trades_loss(
         ``(loss, logits)``: the scalar loss (differentiable in the parameters) and the
         clean logits ``f(x)`` (for accuracy bookkeeping).
     """
-    if beta < 0:
-        raise InvalidArgumentError(f"TRADES beta must be >= 0, got {beta}.")
+    check_beta(beta)
     x_adv = trades_attack(
         model, x, eps=eps, norm=norm, steps=steps, step_size=step_size,
         generator=generator, seed=seed,
@@ -166,6 +178,7 @@ def trades_objective(
     logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """``CE(logits, y) + β · (1/N) Σ_i KL(softmax logits_i || softmax logits_adv_i)``, in fp32."""
+    check_beta(beta)
     kl = F.kl_div(
         F.log_softmax(logits_adv.float(), dim=1),
         F.softmax(logits.float(), dim=1),
@@ -190,6 +203,16 @@ def trades_attack(
     normalized for L2) from ``x + 0.001 · N(0, I)``, as in the reference code. Returns
     detached ``x'``; the noise comes from ``generator`` (default: seeded with ``seed``)."""
     check_budget(eps, norm, steps)
+    check_attack(model, x, None, step_size=step_size, seed=seed, generator=generator, labels=False)
+    with runs_on(x):
+        return _trades_attack(model, x, eps=eps, norm=norm, steps=steps, step_size=step_size, generator=generator,
+                              seed=seed)
+
+
+def _trades_attack(model: nn.Module, x: torch.Tensor, *, eps: float, norm: Norm = "Linf", steps: int = 10,
+                   step_size: float | None = None, generator: torch.Generator | None = None,
+                   seed: int = 0) -> torch.Tensor:
+    """:func:`trades_attack` on arguments already checked (fit's batches)."""
     x = x.detach()
     if eps == 0 or steps == 0:
         return x.clone()
@@ -243,17 +266,8 @@ class AdversarialConfig:
                 "kind='fgsm' is the one-step attack.",
                 argument="steps",
             )
-        if self.step_size is not None and not (
-            isinstance(self.step_size, (int, float)) and not isinstance(self.step_size, bool)
-            and 0 <= self.step_size < float("inf")
-        ):
-            raise InvalidArgumentError(
-                f"step_size must be a finite number >= 0, got {self.step_size!r}.", argument="step_size"
-            )
-        if not (isinstance(self.beta, (int, float)) and not isinstance(self.beta, bool)
-                and 0 <= self.beta < float("inf")):
-            raise InvalidArgumentError(f"TRADES beta must be a finite number >= 0, got {self.beta!r}.",
-                                       argument="beta")
+        check_step_size(self.step_size)
+        check_beta(self.beta)
 
 
 # --------------------------------------------------------------------------- budgets and steps

@@ -53,8 +53,25 @@ def register_model(
     ``min_size`` is the smallest spatial input the architecture accepts.
     """
 
+    if name is not None and (not isinstance(name, str) or not name.strip() or ":" in name):
+        raise InvalidArgumentError(
+            f"register_model: name must be a non-empty string without ':' (prefixes such as 'timm:' are the "
+            f"libraries' own), got {name!r}.", argument="name")
+    if (isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, (tuple, list)) or not input_shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape)):
+        raise InvalidArgumentError(
+            f"register_model: input_shape must be the shape of one example, e.g. (3, 32, 32), got {input_shape!r}.",
+            argument="input_shape")
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
+        raise InvalidArgumentError(f"register_model: min_size must be an integer >= 1, got {min_size!r}.",
+                                   argument="min_size")
+
     def decorator(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name or f.__name__.replace("_", "-")
+        if not callable(f):
+            raise InvalidArgumentError(
+                f"register_model decorates a function (num_classes, input_shape, **kw) -> nn.Module, got "
+                f"{type(f).__name__}.", argument="fn")
+        key = name or getattr(f, "__name__", type(f).__name__).replace("_", "-")
         if key in _REGISTRY:
             raise InvalidArgumentError(f"A model named '{key}' is already registered.")
         _REGISTRY[key] = _Entry(f, input_shape, min_size)

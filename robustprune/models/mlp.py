@@ -21,7 +21,8 @@ class FCN(nn.Module):
     """Fully connected ReLU network: ``depth`` hidden layers of ``width`` units, then a head.
 
     With ``rank``, every hidden layer after the first input layer is a :class:`LowRankLinear`
-    ``W = B @ A`` of that rank (the first layer too when ``lowrank_first``)."""
+    ``W = B @ A`` of that rank (the first layer too when ``lowrank_first``); ``rank`` is at
+    most ``width`` (a first layer with fewer inputs takes rank ``min(rank, inputs)``)."""
 
     def __init__(
         self,
@@ -39,7 +40,9 @@ class FCN(nn.Module):
         check_int("width", width, low=1)
         check_int("depth", depth, low=1)
         if rank is not None:
-            check_int("rank", rank, low=1)
+            check_int("rank", rank, low=1, high=width,
+                      why=f"a LowRankLinear of rank r > width = {width} is not low rank: it has more weights than the "
+                          "dense layer")
         if not isinstance(bias, bool):
             raise InvalidArgumentError(f"bias must be True or False, got {bias!r}.", argument="bias")
         self.normalize = normalize_layer(mean, std, int(input_shape[0]))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustprune._inputs import check_materialized
 from robustprune.errors import InvalidArgumentError, RobustPruneError
 
 __all__ = ["WeightsError", "load_weights", "read_state_dict", "pretrained_passthrough"]
@@ -44,6 +45,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         WeightsError: no such file, not a weights file, or names/shapes that do not fit
             (listed); nothing is copied then.
     """
+    check_materialized(model, "load_weights")
     state, pruned = read_state_dict(path)
     own = model.state_dict()
     state = _align_keys(state, own)
@@ -60,10 +62,28 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
                 "build the model the file was trained as (its num_classes, input shape and options)")
         raise WeightsError(f"The weights in '{path}' do not fit the {type(model).__name__}: "
                            f"{'; '.join(parts)}. Nothing was loaded; {hint}.")
+    _check_values(state, own, path)
     with torch.no_grad():
         for key, value in state.items():
             own[key].copy_(value.to(own[key].dtype))
     return model
+
+
+def _check_values(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], path: Any) -> None:
+    """Before anything is copied: the file's values are finite, of a kind the model's
+    tensors can hold (no integers into float weights), and an input normalization's std is
+    positive (Normalize refuses std <= 0 when it is built)."""
+    for key, value in state.items():
+        target = own[key]
+        if target.is_floating_point() and not (value.is_floating_point() or value.numel() == 0):
+            raise WeightsError(f"The weights in '{path}' are not floating point ('{key}' is {value.dtype}, the "
+                               f"model's is {target.dtype}). Nothing was loaded; is it a quantized or index file?")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"The weights in '{path}' have NaN or infinite values ('{key}'). Nothing was loaded; "
+                               "the training that wrote them diverged.")
+        if key.rsplit(".", 1)[-1] == "std" and key.rsplit(".", 1)[0].endswith("normalize") and bool((value <= 0).any()):
+            raise WeightsError(f"The weights in '{path}' have an input normalization std <= 0 ('{key}'). Nothing "
+                               "was loaded.")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], bool]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from robustprune._inputs import Inputs, resolve_example_inputs
+from robustprune._inputs import Inputs, check_bool, resolve_example_inputs
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners._checks import check_fraction, check_ignored, ignored_names
 from robustprune.pruners.history import record_step
@@ -61,7 +61,7 @@ class Pruner(abc.ABC):
             raise InvalidArgumentError(f"macs_tolerance must be in (0, 1), got {macs_tolerance!r}.",
                                        argument="macs_tolerance")
         self.macs_tolerance = float(macs_tolerance)
-        self.progress = bool(progress)
+        self.progress = check_bool("progress", progress)
 
     @abc.abstractmethod
     def plan(self, model: nn.Module, example_inputs: Inputs | None = None) -> Plan:

@@ -58,8 +58,16 @@ def count_macs_params(model: nn.Module, example_inputs: Inputs) -> tuple[int, in
     """``(MACs, params)`` per example by torch-pruning's counter
     (``tp.utils.count_ops_and_params``), run on a meta-tensor clone so that counting costs no
     arithmetic (identical numbers: the counter only reads shapes); falls back to counting
-    on a real copy for models that cannot run on the meta device."""
+    on a real copy for models that cannot run on the meta device.
+
+    Counted on the batch's first example: torch-pruning's counter divides some ops' counts
+    by the batch size and not others (element-wise ops), so a batch of 64 gave a smaller
+    "per example" count than a batch of 1."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"count_macs_params needs a torch.nn.Module, got {type(model).__name__}.",
+                                   argument="model")
     inputs = check_example_inputs(example_inputs)
+    inputs = inputs[:1] if isinstance(inputs, torch.Tensor) else tuple(t[:1] for t in inputs)
     if prefer_meta(model, inputs):
         try:
             macs, params, _ = clone_count(model, inputs, meta=True)

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from robustprune._inputs import Inputs
+from robustprune._inputs import Inputs, check_example_inputs
 from robustprune.errors import InvalidArgumentError, PruningError
 
 __all__ = ["SCHEDULE_KINDS", "Schedule", "ScheduledPruning", "schedule_targets", "extend_history"]
@@ -107,6 +107,12 @@ class Schedule:
 def schedule_targets(target_macs: float, steps: int) -> tuple[float, ...]:
     """The MACs kept after each step, as fractions of the original: geometric,
     ``target_macs ** (i / steps)`` for ``i = 1..steps`` (the last is ``target_macs``)."""
+    if isinstance(target_macs, bool) or not isinstance(target_macs, numbers.Real) or not 0 < target_macs <= 1:
+        raise InvalidArgumentError(
+            f"target_macs is the fraction of the original MACs to keep, in (0, 1], got {target_macs!r}.",
+            argument="target_macs")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise InvalidArgumentError(f"steps must be an integer >= 1, got {steps!r}.", argument="steps")
     return tuple(float(target_macs) ** ((i + 1) / steps) for i in range(steps))
 
 
@@ -149,6 +155,12 @@ class ScheduledPruning:
             raise InvalidArgumentError(
                 f"schedule must be a Schedule, got {type(self.schedule).__name__}.", argument="schedule"
             )
+        if not isinstance(self.options, Mapping):
+            raise InvalidArgumentError(
+                f"options must be a dict of the pruner's keyword arguments, got {type(self.options).__name__}.",
+                argument="options")
+        if self.example_inputs is not None:
+            check_example_inputs(self.example_inputs)
         clash = sorted(set(self.options) & {"eps", "ratio", "target_macs"})
         if clash:
             raise InvalidArgumentError(

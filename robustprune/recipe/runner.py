@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from robustprune import distributed
+from robustprune._inputs import check_bool
 from robustprune._progress import line as progress_line
 from robustprune._threads import REQUESTED, resolve_threads, use_threads
 from robustprune.errors import InvalidArgumentError
@@ -98,6 +99,15 @@ def run_recipe(
     between the ranks); rank 0 alone writes files. ``torchrun`` and the parallel executors
     exclude each other.
     """
+    if not isinstance(recipe, Recipe):
+        raise InvalidArgumentError(
+            f"run_recipe needs a Recipe (load_recipe(path) or parse_recipe(dict)), got {type(recipe).__name__}.",
+            argument="recipe")
+    check_bool("resume", resume)
+    check_bool("progress", progress)
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise InvalidArgumentError(f"run_dir must be a folder path or None, got {type(run_dir).__name__}.",
+                                   argument="run_dir")
     n_threads = resolve_threads(threads, REQUESTED.get(), recipe.threads)  # checked before anything runs
     spec = executor_spec(executor, jobs, ray_address)
     dev = distributed.resolve_device(device)

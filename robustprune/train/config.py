@@ -83,6 +83,16 @@ class FitConfig:
         _check_real("momentum", self.momentum, low=0.0)
         _check_int("warmup_epochs", self.warmup_epochs, 0)
         _check_real("min_lr", self.min_lr, low=0.0)
+        if self.momentum >= 1:
+            raise InvalidArgumentError(f"momentum must be in [0, 1), got {self.momentum!r}.", argument="momentum")
+        if self.min_lr > self.lr:
+            raise InvalidArgumentError(
+                f"min_lr ({self.min_lr:g}) must be <= lr ({self.lr:g}): the schedule decays from lr to min_lr "
+                "(a larger min_lr would raise the rate).", argument="min_lr")
+        if self.warmup_epochs > self.epochs:
+            raise InvalidArgumentError(
+                f"warmup_epochs = {self.warmup_epochs} is longer than the training (epochs = {self.epochs}); "
+                "use warmup_epochs <= epochs.", argument="warmup_epochs")
         if self.clip_grad_norm is not None:
             _check_real("clip_grad_norm", self.clip_grad_norm, low=0.0, strict=True)
         _check_factory_names(self.optimizer, self.scheduler)

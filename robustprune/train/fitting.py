@@ -31,9 +31,10 @@ from robustprune._inputs import (
     check_example_inputs,
     check_int,
     check_materialized,
+    first_forward,
     resolve_example_inputs,
 )
-from robustprune._modes import module_modes, restore_modes
+from robustprune._modes import eval_mode, module_modes, restore_modes
 from robustprune._speed import check_cuda_graphs
 from robustprune.errors import InvalidArgumentError
 from robustprune.pruners.schedules import ScheduledPruning
@@ -139,6 +140,10 @@ def fit(
     cfg = resolve_config(config, options)
     check_int("seed", seed, low=0, high=2**63 - 1)
     regs = _check_regularizers(regularizers)
+    if on_epoch_end is not None and not callable(on_epoch_end):
+        raise InvalidArgumentError(
+            f"on_epoch_end must be a callable (called with each epoch's EpochStats) or None, got "
+            f"{type(on_epoch_end).__name__}.", argument="on_epoch_end")
     logs = check_loggers(loggers)
     extras = _check_extras(cfg, pruning, distill, resume_from, keep_checkpoints, checkpoint_dir)
     train_loader, test_loader = split_loaders(loaders)
@@ -232,6 +237,8 @@ def _prepare(
     example = _example_batch(net, train_loader, dev) if pruning is not None or distill is not None else None
     if distill is not None:
         check_teacher(distill, net, example, dev)
+    if pruning is not None and pruning.example_inputs is not None:  # the caller's batch traces the model
+        example = _given_example(net, pruning.example_inputs, dev)
     driver = PruningDriver(pruning, cfg.epochs, net, example, ctx) if pruning is not None else None
     train_loader = shard_train(train_loader, ctx, seed)
     steps_per_epoch = num_batches(train_loader)
@@ -269,6 +276,10 @@ def _check_extras(
         raise InvalidArgumentError(
             f"distill must be a DistillConfig, got {type(distill).__name__}.", argument="distill"
         )
+    if distill is not None and distill.target == "adversarial" and cfg.adversarial is None:
+        raise InvalidArgumentError(
+            "distill target='adversarial' distills on the training attack's inputs, but this fit has no "
+            "adversarial= training; pass adversarial=... or use target='clean'.", argument="distill")
     path = None
     if resume_from is not None:
         path = Path(resume_from)
@@ -326,6 +337,17 @@ def _example_batch(net: nn.Module, loader: Iterable[Any], device: torch.device) 
     if not isinstance(example, torch.Tensor):
         raise InvalidArgumentError("pruning and distillation need a single-tensor input model.")
     return example.to(device)
+
+
+def _given_example(net: nn.Module, example_inputs: Any, device: torch.device) -> torch.Tensor:
+    """``ScheduledPruning.example_inputs``, on ``device``, checked to run through ``net``
+    (in eval mode, without gradients) before anything is trained."""
+    if not isinstance(example_inputs, torch.Tensor):
+        raise InvalidArgumentError("pruning during fit needs a single-tensor input model.", argument="pruning")
+    example = example_inputs.to(device)
+    with eval_mode(net), torch.no_grad():
+        first_forward(net, example[:1], "fit (ScheduledPruning.example_inputs)")
+    return example
 
 
 def _check_regularizers(regularizers: Sequence[Regularizer]) -> tuple[Regularizer, ...]:

@@ -32,8 +32,8 @@ from robustprune._inputs import BatchValidator, check_logits, first_forward, spl
 from robustprune._modes import eval_mode
 from robustprune._progress import NoBar
 from robustprune._progress import bar as progress_bar
-from robustprune.attacks import AdversarialConfig, fgsm_rs, pgd, trades_attack, trades_objective
-from robustprune.attacks.training import check_budget_for_inputs
+from robustprune.attacks import AdversarialConfig, trades_objective
+from robustprune.attacks.training import _pgd, _trades_attack, check_budget_for_inputs
 from robustprune.errors import InvalidArgumentError, TrainingDivergedError
 from robustprune.train.distill import DistillConfig, distillation_loss
 from robustprune.train.results import EpochStats
@@ -212,7 +212,13 @@ class Loop:
         devices = [self.device] if self.device.type == "cuda" else []
         with eval_mode(self.net), torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
             out = first_forward(self.net, x[:1].to(self.device), f"fit ({where})")
-        self.check.set_classes(check_logits(out, 1, what="fit's model", where=where, finite=False))
+        classes = check_logits(out, 1, what="fit's model", where=where, finite=False)
+        if classes < 2:
+            raise InvalidArgumentError(
+                f"fit trains with cross-entropy over the model's logits, but the model has {classes} output "
+                "(the loss would always be 0): build it with num_classes >= 2, one logit per class.",
+                argument="model")
+        self.check.set_classes(classes)
         adv = self.settings.adversarial
         if adv is not None:
             check_budget_for_inputs(adv.eps, adv.norm, x.shape[1:])
@@ -260,7 +266,7 @@ class Loop:
             return logits, F.cross_entropy(logits.float(), y), logits, x
         if adv.kind == "trades":
             self.net.eval()
-            x_adv = trades_attack(
+            x_adv = _trades_attack(  # fit's batches are checked once, not per attack
                 self.attacker, x, eps=adv.eps, norm=adv.norm, steps=adv.steps,
                 step_size=adv.step_size, generator=gen,
             )
@@ -269,13 +275,14 @@ class Loop:
             adv_logits = self.ddp(x_adv)
             return logits, trades_objective(logits, adv_logits, y, adv.beta), adv_logits, x_adv
         if adv.kind == "pgd":
-            x_adv = pgd(
+            x_adv = _pgd(
                 self.attacker, x, y, eps=adv.eps, norm=adv.norm, steps=adv.steps,
                 step_size=adv.step_size, generator=gen,
             )
-        else:
-            x_adv = fgsm_rs(
-                self.attacker, x, y, eps=adv.eps, norm=adv.norm, step_size=adv.step_size, generator=gen,
+        else:  # FGSM with a random start: one step of 1.25 eps by default (fgsm_rs)
+            x_adv = _pgd(
+                self.attacker, x, y, eps=adv.eps, norm=adv.norm, steps=1, random_start=True,
+                step_size=1.25 * adv.eps if adv.step_size is None else adv.step_size, generator=gen,
             )
         logits = self.ddp(x_adv)
         return logits, F.cross_entropy(logits.float(), y), logits, x_adv
