@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 import numbers
 import os
 from collections.abc import Callable
@@ -134,6 +135,11 @@ def create_datasets(
 def split_validation(ds: Datasets, fraction: float, *, seed: int = 0) -> Datasets:
     """``ds`` with ``fraction`` of its training examples moved to a validation split (a
     seeded random subset; the test set is untouched)."""
+    if not isinstance(ds, Datasets):
+        raise InvalidArgumentError(f"split_validation needs the Datasets of create_datasets, got {type(ds).__name__}.",
+                                   argument="ds")
+    _check_validation(fraction)
+    check_int("seed", seed, low=0)
     n = len(ds.train)
     n_val = int(round(fraction * n))
     if not 1 <= n_val < n:
@@ -280,6 +286,11 @@ def _digits(
                   why=f"the side of the upsampled images; all {_DIGITS_N:,} images are held in memory, "
                       f"{_DIGITS_N * MAX_DIGITS_SIZE**2 * 4 / 2**30:.1f} GiB at {MAX_DIGITS_SIZE}")
     bunch = load_digits()
+    n_test = math.ceil(test_fraction * len(bunch.target))
+    if n_test < 10 or len(bunch.target) - n_test < 10:  # a stratified split needs each class on both sides
+        raise InvalidArgumentError(f"test_fraction={test_fraction:g} puts {n_test} of the {len(bunch.target)} digits in "
+                                   "the test set; the stratified split needs each of the 10 classes on each side.",
+                                   argument="test_fraction")
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.long)
     idx_train, idx_test = train_test_split(

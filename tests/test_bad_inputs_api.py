@@ -11,12 +11,14 @@ import torch
 
 import robustprune as rp
 from robustprune.attacks import rebatch
+from robustprune.data import create_datasets, create_loaders, split_validation
 from robustprune.errors import InvalidArgumentError, RobustPruneError
 from robustprune.evaluation import count_macs_params
 from robustprune.models import create_model, load_weights, register_model
 from robustprune.pruners import EpsilonPruner
 from robustprune.pruners.schedules import schedule_targets
-from robustprune.recipe import parse_recipe, run_recipe
+from robustprune.recipe import load_recipe, parse_recipe, run_recipe
+from robustprune.recipe.parse import parse_override
 
 XY = (torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
 
@@ -49,6 +51,17 @@ CASES = [
     ("pruner-progress-str", lambda: EpsilonPruner(eps=0.1, progress="yes"), r"progress must be True or False"),
     ("prune-progress-str", lambda: rp.prune(create_model("fcn", width=8), eps=0.3, progress="yes"),
      r"progress must be True or False"),
+    ("parse-recipe-str", lambda: parse_recipe("x"), r"parse_recipe needs the recipe as a dict"),
+    ("parse-recipe-overridden-int", lambda: parse_recipe({"name": "a"}, overridden=3), r"overridden must be a list"),
+    ("load-recipe-int", lambda: load_recipe(3), r"load_recipe needs the path"),
+    ("load-recipe-overrides-str", lambda: load_recipe("recipes/digits-tiny.toml", "train.epochs=2"),
+     r"overrides must be a list"),
+    ("parse-override-int", lambda: parse_override(3), r"an override is a 'key=value' string"),
+    ("digits-test-fraction-tiny", lambda: create_loaders("digits", test_fraction=0.001), r"each of the 10 classes"),
+    ("split-validation-nan", lambda: split_validation(create_datasets("digits"), float("nan")), r"validation is the fraction"),
+    ("split-validation-str", lambda: split_validation(create_datasets("digits"), "0.1"), r"validation is the fraction"),
+    ("split-validation-bool", lambda: split_validation(create_datasets("digits"), True), r"validation is the fraction"),
+    ("split-validation-not-datasets", lambda: split_validation("x", 0.1), r"needs the Datasets"),
 ]
 
 
@@ -115,6 +128,16 @@ def test_run_recipe_checks_its_own_arguments_before_running(tmp_path: Path, kwar
     with pytest.raises(InvalidArgumentError, match=match):
         run_recipe(recipe, **kwargs)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_scheduler_that_refuses_its_settings_is_one_clear_error() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from robustprune.train import fit
+
+    loader = DataLoader(TensorDataset(*XY), batch_size=4)
+    with pytest.raises(InvalidArgumentError, match=r"The 'wsd' scheduler refuses these settings"):
+        fit(create_model("fcn", width=8), (loader, None), 1, scheduler="wsd", progress=False)
 
 
 def test_run_recipe_refuses_a_dict() -> None:

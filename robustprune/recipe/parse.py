@@ -39,6 +39,10 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     Raises:
         RecipeError: the file is missing or not TOML, a key is unknown, a value is bad.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise RecipeError(f"load_recipe needs the path of a .toml recipe, got {type(path).__name__}.")
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
+        raise RecipeError(f"overrides must be a list of 'key=value' strings, got {type(overrides).__name__}.")
     p = Path(path)
     if p.is_dir():
         raise RecipeError(f"'{p}' is a directory, not a recipe file; pass a .toml file such as recipes/digits-cnn.toml.")
@@ -71,6 +75,12 @@ def parse_recipe(
 ) -> Recipe:
     """Validate parsed TOML data into a :class:`Recipe` (see :func:`load_recipe`); every
     ``[sweep]`` combination is validated too, now rather than halfway through a run."""
+    if not isinstance(raw, Mapping):
+        raise RecipeError(
+            f"parse_recipe needs the recipe as a dict (tomllib.loads of a recipe file), got {type(raw).__name__}; "
+            "for a file use load_recipe(path).")
+    if isinstance(overridden, (str, bytes)) or not isinstance(overridden, Iterable):
+        raise RecipeError(f"overridden must be a list of dotted keys, got {type(overridden).__name__}.")
     where = Where(source or "recipe", frozenset(overridden))
     if "source" in raw:  # set by the caller, not by the recipe
         where.unknown("source", [f.name for f in dataclasses.fields(Recipe) if f.name != "source"], "the top level")
@@ -149,6 +159,8 @@ _KEY = re.compile(rf"(?:{_KEY_PART.pattern})(?:\.(?:{_KEY_PART.pattern}))*")
 def parse_override(item: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", parsed value)``; ``value`` is a TOML literal, or a bare
     string when it is not one (``data.name=synthetic``)."""
+    if not isinstance(item, str):
+        raise RecipeError(f"an override is a 'key=value' string (e.g. 'train.epochs=5'), got {type(item).__name__}.")
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:

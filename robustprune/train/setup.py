@@ -100,6 +100,11 @@ def create_scheduler(
         )
     except TypeError as exc:
         raise InvalidArgumentError(f"Bad scheduler_kwargs for '{name}': {exc}.") from exc
+    except (ValueError, AssertionError) as exc:  # timm's own checks of a schedule's arguments
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidArgumentError(
+            f"The '{name}' scheduler refuses these settings ({first}); adjust epochs, warmup_epochs or "
+            "scheduler_kwargs, or pick another scheduler.", argument="scheduler") from exc
     return sched
 
 
