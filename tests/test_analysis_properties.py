@@ -171,7 +171,7 @@ def test_flat_inputs_with_per_feature_statistics_keep_the_bound_sound():
         assert _largest_local_lipschitz(encoder, (6,), p, 0) <= report.bounds[p].naive * (1 + 1e-5)
 
 
-def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: float, p: str) -> torch.Tensor:
+def pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: float, p: str) -> torch.Tensor:
     """A 50-step PGD on the cross-entropy inside the l_p ball of radius ``delta``, in [0, 1]."""
     step = 2.5 * delta / PGD_STEPS
     g = torch.Generator().manual_seed(1)
@@ -216,7 +216,7 @@ def test_certified_points_survive_pgd_and_the_gap_bound_holds(spec, p):
     bound = report.bounds[p]
     certified = margins > 2 * delta * lipschitz * head_norm
     assert bound.certified_fraction == float(certified.double().mean()) and certified.any()
-    adv = _pgd(model, x, y, delta, p)
+    adv = pgd_unchecked(model, x, y, delta, p)
     assert float(_norm(adv - x, p).max()) <= delta * (1 + 1e-5) + 1e-6  # float32 rounding
     with torch.no_grad():
         adv_logits = model(adv)

@@ -92,11 +92,11 @@ def pgd(
     check_budget(eps, norm, steps)
     check_attack(model, x, y, step_size=step_size, seed=seed, random_start=random_start, generator=generator)
     with runs_on(x):
-        return _pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
+        return pgd_unchecked(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
                     generator=generator, seed=seed)
 
 
-def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "Linf", steps: int = 10,
+def pgd_unchecked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "Linf", steps: int = 10,
          step_size: float | None = None, random_start: bool = True, generator: torch.Generator | None = None,
          seed: int = 0) -> torch.Tensor:
     """:func:`pgd` on arguments already checked (fit's batches)."""
@@ -205,11 +205,11 @@ def trades_attack(
     check_budget(eps, norm, steps)
     check_attack(model, x, None, step_size=step_size, seed=seed, generator=generator, labels=False)
     with runs_on(x):
-        return _trades_attack(model, x, eps=eps, norm=norm, steps=steps, step_size=step_size, generator=generator,
+        return trades_attack_unchecked(model, x, eps=eps, norm=norm, steps=steps, step_size=step_size, generator=generator,
                               seed=seed)
 
 
-def _trades_attack(model: nn.Module, x: torch.Tensor, *, eps: float, norm: Norm = "Linf", steps: int = 10,
+def trades_attack_unchecked(model: nn.Module, x: torch.Tensor, *, eps: float, norm: Norm = "Linf", steps: int = 10,
                    step_size: float | None = None, generator: torch.Generator | None = None,
                    seed: int = 0) -> torch.Tensor:
     """:func:`trades_attack` on arguments already checked (fit's batches)."""

@@ -60,9 +60,8 @@ def count_macs_params(model: nn.Module, example_inputs: Inputs) -> tuple[int, in
     arithmetic (identical numbers: the counter only reads shapes); falls back to counting
     on a real copy for models that cannot run on the meta device.
 
-    Counted on the batch's first example: torch-pruning's counter divides some ops' counts
-    by the batch size and not others (element-wise ops), so a batch of 64 gave a smaller
-    "per example" count than a batch of 1."""
+    Counted on the batch's first example (:func:`counted_forward`), so the count does not
+    depend on the batch given."""
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"count_macs_params needs a torch.nn.Module, got {type(model).__name__}.",
                                    argument="model")
@@ -116,7 +115,12 @@ def counted_forward(
     decompositions of these ops are what makes a meta forward slow. With ``keep_graph``
     (tracing a DependencyGraph) they return ``x.clone()``: one autograd node per module fed
     by the module's input, the same wiring torch-pruning sees for the real op (whose
-    parameter leaves it skips)."""
+    parameter leaves it skips).
+
+    The forward runs on the batch's first example: torch-pruning's counter divides some
+    ops' counts by the batch size and not others, so a larger batch gave a (slightly)
+    smaller count per example; every count and output signature is that of one example."""
+    inputs = inputs[:1] if isinstance(inputs, torch.Tensor) else tuple(t[:1] for t in inputs)
     patched = [m for m in model.modules() if isinstance(m, _SHAPE_PRESERVING) and "forward" not in m.__dict__] if shape_only else []
     for m in patched:
         m.forward = _cloned if keep_graph else _same_shape

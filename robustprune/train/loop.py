@@ -33,7 +33,11 @@ from robustprune._modes import eval_mode
 from robustprune._progress import NoBar
 from robustprune._progress import bar as progress_bar
 from robustprune.attacks import AdversarialConfig, trades_objective
-from robustprune.attacks.training import _pgd, _trades_attack, check_budget_for_inputs
+from robustprune.attacks.training import (
+    check_budget_for_inputs,
+    pgd_unchecked,
+    trades_attack_unchecked,
+)
 from robustprune.errors import InvalidArgumentError, TrainingDivergedError
 from robustprune.train.distill import DistillConfig, distillation_loss
 from robustprune.train.results import EpochStats
@@ -266,7 +270,7 @@ class Loop:
             return logits, F.cross_entropy(logits.float(), y), logits, x
         if adv.kind == "trades":
             self.net.eval()
-            x_adv = _trades_attack(  # fit's batches are checked once, not per attack
+            x_adv = trades_attack_unchecked(  # fit's batches are checked once, not per attack
                 self.attacker, x, eps=adv.eps, norm=adv.norm, steps=adv.steps,
                 step_size=adv.step_size, generator=gen,
             )
@@ -275,12 +279,12 @@ class Loop:
             adv_logits = self.ddp(x_adv)
             return logits, trades_objective(logits, adv_logits, y, adv.beta), adv_logits, x_adv
         if adv.kind == "pgd":
-            x_adv = _pgd(
+            x_adv = pgd_unchecked(
                 self.attacker, x, y, eps=adv.eps, norm=adv.norm, steps=adv.steps,
                 step_size=adv.step_size, generator=gen,
             )
         else:  # FGSM with a random start: one step of 1.25 eps by default (fgsm_rs)
-            x_adv = _pgd(
+            x_adv = pgd_unchecked(
                 self.attacker, x, y, eps=adv.eps, norm=adv.norm, steps=1, random_start=True,
                 step_size=1.25 * adv.eps if adv.step_size is None else adv.step_size, generator=gen,
             )
