@@ -21,6 +21,7 @@ from torch import nn
 from robustprune import distributed, pruners
 from robustprune._inputs import (
     BatchValidator,
+    check_bool,
     check_int,
     check_logits,
     check_materialized,
@@ -32,6 +33,7 @@ from robustprune._speed import check_cuda_graphs, fast_path
 from robustprune.attacks import Norm, RobustResult, rebatch, robust_accuracy
 from robustprune.attacks.autoattack import check_robust_arguments
 from robustprune.errors import InvalidArgumentError
+from robustprune.metrics._checks import check_shape
 from robustprune.models import model_spec
 
 __all__ = ["EvalResult", "evaluate", "count_macs_params", "measure_latency"]
@@ -266,12 +268,7 @@ def _check_latency_arguments(
     """:func:`measure_latency`'s arguments checked before the model is touched: the device
     (resolved), the per-example input shape and the batch sizes as tuples of ints."""
     check_materialized(model, "measure_latency")
-    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape:
-        raise InvalidArgumentError(
-            f"input_shape must be the shape of one example, e.g. (3, 32, 32), got {input_shape!r}.",
-            argument="input_shape")
-    shape = tuple(check_int("input_shape", d, low=1, why="the size of each dimension of one example")
-                  for d in input_shape)
+    shape = check_shape(input_shape)
     dev = distributed.resolve_device(device)
     on = {t.device for t in (*model.parameters(), *model.buffers())}
     if on and on != {dev}:
@@ -290,9 +287,7 @@ def _check_latency_arguments(
     check_int("runs", runs, low=1, why="the median of the timed runs is reported")
     if threads is not None:
         check_int("threads", threads, low=1, why="CPU threads for the latency runs")
-    if not isinstance(channels_last, bool):
-        raise InvalidArgumentError(f"channels_last must be True or False, got {channels_last!r}.",
-                                   argument="channels_last")
+    check_bool("channels_last", channels_last)
     return dev, shape, sizes
 
 

@@ -38,6 +38,7 @@ from robustprune.layers import (
     matricize,
     prunable_layers,
 )
+from robustprune.metrics._checks import check_nonnegative
 
 __all__ = [
     "LayerRegularizer",
@@ -330,14 +331,7 @@ class Alignment(LayerRegularizer):
 
 def _check_weight(weight: object) -> float:
     """A regularizer's weight: a finite real number >= 0 (not a bool or a string)."""
-    try:
-        value = float(weight) if isinstance(weight, numbers.Real) and not isinstance(weight, bool) else math.nan
-    except OverflowError:  # an int beyond the float range (10**400)
-        value = math.inf
-    if not math.isfinite(value) or value < 0:
-        shown = repr(weight) if len(repr(weight)) <= 40 else repr(weight)[:40] + "..."
-        raise InvalidArgumentError(f"weight must be a finite number >= 0, got {shown}.", argument="weight")
-    return value
+    return check_nonnegative(weight, "weight")
 
 
 def _check_layer_spec(layers: object) -> tuple[str | nn.Module, ...] | None:

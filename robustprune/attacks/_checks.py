@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune._inputs import INPUT_TOLERANCE, check_int
+from robustprune._inputs import BatchValidator, check_bool, check_int
 from robustprune.errors import InvalidArgumentError
 
 __all__ = ["check_attack", "check_beta", "check_step_size", "runs_on"]
@@ -46,38 +46,16 @@ def check_attack(model: Any, x: Any, y: Any, *, step_size: Any, seed: Any, rando
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"The attack needs a torch.nn.Module, got {type(model).__name__}.", argument="model")
     check_step_size(step_size)
-    if not isinstance(random_start, bool):
-        raise InvalidArgumentError(f"random_start must be True or False, got {random_start!r}.",
-                                   argument="random_start")
+    check_bool("random_start", random_start)
     check_int("seed", seed, low=0, high=2**63 - 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InvalidArgumentError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.",
                                    argument="generator")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
-        shown = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InvalidArgumentError(f"x must be a floating-point batch (N, ...) in [0, 1], got {shown}.", argument="x")
-    if not bool(torch.isfinite(x).all()):
-        raise InvalidArgumentError("x contains NaN or infinite values.", argument="x")
-    low, high = float(x.min()), float(x.max())
-    if low < -INPUT_TOLERANCE or high > 1 + INPUT_TOLERANCE:
-        raise InvalidArgumentError(
-            f"x must be in [0, 1] (the model normalizes internally), got [{low:.3g}, {high:.3g}]; scale it first "
-            "(e.g. x / 255).", argument="x")
-    if not labels:
-        return
-    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        shown = f"a {y.dtype} tensor" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise InvalidArgumentError(f"y must be integer class indices (a long tensor), got {shown}.", argument="y")
-    if tuple(y.shape) != (x.shape[0],):
-        raise InvalidArgumentError(
-            f"y must have shape ({x.shape[0]},), one label per input, got {tuple(y.shape)}"
-            + (" (use y.view(-1))" if y.numel() == x.shape[0] else "") + ".", argument="y")
-    classes = _head_outputs(model)
-    if int(y.min()) < 0 or (classes is not None and int(y.max()) >= classes):
-        bound = f"[0, {classes - 1}] (the head has {classes} outputs)" if classes else "[0, C)"
-        raise InvalidArgumentError(f"y must be class indices in {bound}, got [{int(y.min())}, {int(y.max())}].",
-                                   argument="y")
-
+    if not labels:  # trades_attack: the inputs alone, checked with stand-in labels
+        n = x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else 0
+        y = torch.zeros(n, dtype=torch.long)
+    # the checks of every labelled batch (inputs floating, finite, in [0, 1]; labels class indices)
+    BatchValidator("the attack's inputs", classes=_head_outputs(model))(x, y)
 
 def _head_outputs(model: nn.Module) -> int | None:
     from robustprune.layers import classifier_head

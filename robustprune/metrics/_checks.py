@@ -46,7 +46,10 @@ def check_real(value: Any, what: str) -> float:
         raise InvalidArgumentError(
             f"{what} must be a number, got {value!r} ({type(value).__name__}).", argument=what
         )
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range (10**400): infinite for the range checks
+        return math.inf if value > 0 else -math.inf
 
 
 def check_count(value: Any, what: str, minimum: int = 1) -> int:
@@ -84,7 +87,8 @@ def check_nonnegative(value: Any, what: str) -> float:
     """A finite real number >= 0 (a norm, a Lipschitz constant, a weight)."""
     number = check_real(value, what)
     if not math.isfinite(number) or number < 0:
-        raise InvalidArgumentError(f"{what} must be a finite number >= 0, got {value!r}.", argument=what)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise InvalidArgumentError(f"{what} must be a finite number >= 0, got {shown}.", argument=what)
     return number
 
 

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from robustprune._inputs import BatchValidator
 from robustprune._modes import eval_mode
 from robustprune.errors import InvalidArgumentError, ModelNotSupportedError
 from robustprune.layers import first_layer
 from robustprune.metrics._checks import (
     Norm,
-    as_real_tensor,
     check_budget,
     check_count,
     check_norm,
@@ -180,22 +180,13 @@ def _check_model(model: object, what: str) -> None:
 
 def _check_audit_data(model: nn.Module, x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (N, ...) floating, finite, in [0, 1]; labels (N,) integer class indices in
-    [0, C) of a model with C >= 2 logits (the audit counts argmax predictions)."""
-    x, y = as_real_tensor(x, "x"), as_real_tensor(y, "y")
-    if x.ndim < 2 or x.shape[0] == 0 or y.shape != x.shape[:1]:
-        raise InvalidArgumentError(
-            f"The audit needs inputs (N, ...) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}.",
-            argument="x")
-    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
-        raise InvalidArgumentError("x must be finite floating-point inputs (no NaN or inf).", argument="x")
-    if float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
-        raise InvalidArgumentError(
-            f"x must be in [0, 1] (the perturbed inputs are clipped to it), got [{float(x.min()):.3g}, "
-            f"{float(x.max()):.3g}]; scale the data first (e.g. x / 255).", argument="x")
-    if y.is_floating_point():
-        raise InvalidArgumentError(f"y must be integer class indices, got a {y.dtype} tensor.", argument="y")
+    [0, C) of a model with C >= 2 logits (the audit counts argmax predictions): the checks
+    of every labelled batch (:class:`~robustprune._inputs.BatchValidator`), C from one
+    eval-mode forward."""
+    check = BatchValidator("the audit's data")
+    check(x, y)
     ref = next(model.parameters())
-    x, y = x.to(device=ref.device, dtype=ref.dtype), y.to(device=ref.device, dtype=torch.long)
+    x, y = x.to(device=ref.device, dtype=ref.dtype), y.to(device=ref.device, dtype=torch.long)  # type: ignore[union-attr]
     with eval_mode(model), torch.no_grad():
         with refused_if_it_does_not_fit(f"The model cannot run on x's examples of shape {tuple(x.shape[1:])}",
                                         "pass inputs of the shape the model takes.", "x"):
@@ -205,8 +196,5 @@ def _check_audit_data(model: nn.Module, x: object, y: object) -> tuple[torch.Ten
         raise ModelNotSupportedError(
             f"The audit counts argmax predictions and needs a model with 2 or more logits (N, C); it "
             f"returned {shape}. A one-logit (logistic) head: wrap it to output (-z, z).")
-    if int(y.min()) < 0 or int(y.max()) >= out.shape[1]:
-        raise InvalidArgumentError(
-            f"y must be class indices in [0, {out.shape[1] - 1}] (the model has {out.shape[1]} logits), got "
-            f"[{int(y.min())}, {int(y.max())}].", argument="y")
+    check.set_classes(out.shape[1])
     return x, y

@@ -157,9 +157,9 @@ def check_row(row: object, where: str) -> Row:
                 raise RecipeError(f"{where}: the row has no '{name}' field; is this a results.jsonl?")
             continue
         _expect(row[name], kinds, name, where)
-        low, high = _RANGES.get(name, (-math.inf, math.inf))
-        if name in _RANGES and row[name] is not None and not low <= row[name] <= high:
-            raise RecipeError(f"{where}: field '{name}' must be in [{low:g}, {high:g}], got {row[name]!r}.")
+        if name in _RANGES and row[name] is not None and not _RANGES[name][0] <= row[name] <= _RANGES[name][1]:
+            raise RecipeError(f"{where}: field '{name}' must be in [{_RANGES[name][0]:g}, {_RANGES[name][1]:g}], "
+                              f"got {row[name]!r}.")
     for name in _NUMBER_TABLES:
         for key, value in (row.get(name) or {}).items():
             kinds = ("str",) if (name, key) in _STR_ENTRIES else ("number", "null")
