@@ -330,8 +330,13 @@ class Alignment(LayerRegularizer):
 
 
 def _check_weight(weight: object) -> float:
-    """A regularizer's weight: a finite real number >= 0 (not a bool or a string)."""
-    return check_nonnegative(weight, "weight")
+    """A regularizer's weight: a finite real number >= 0 (not a bool or a string); one
+    message for every way it can be wrong."""
+    try:
+        return check_nonnegative(weight, "weight")
+    except InvalidArgumentError:
+        shown = repr(weight) if len(repr(weight)) <= 40 else repr(weight)[:40] + "..."
+        raise InvalidArgumentError(f"weight must be a finite number >= 0, got {shown}.", argument="weight") from None
 
 
 def _check_layer_spec(layers: object) -> tuple[str | nn.Module, ...] | None:
